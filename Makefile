@@ -1,0 +1,45 @@
+# fleetshift: one entry point for build, run, test, lint and bench.
+MODULES := shared streams migrations ingest planner dispatcher healthwatch stateapi fleetshift agent
+GO ?= go
+BIN := $(CURDIR)/bin
+
+.PHONY: build run test test-short lint fmt tidy bench bench-quick clean
+
+build:
+	@mkdir -p $(BIN)
+	cd fleetshift && $(GO) build -o $(BIN)/fleetshift ./cmd/fleetshift
+	cd agent && $(GO) build -o $(BIN)/fleetshift-agent ./cmd/fleetshift-agent
+
+# The whole system on the embedded default: local PostgreSQL (database fleetshift, created if missing),
+# embedded NATS JetStream, every service behind one HTTP listener.
+run: build
+	$(BIN)/fleetshift serve
+
+# Every module's tests against real PostgreSQL and embedded JetStream. scripts/with-postgres starts a
+# throwaway cluster when none answers and initdb is installed.
+test:
+	@scripts/with-postgres $(MAKE) --no-print-directory test-modules
+
+test-modules:
+	@set -e; for m in $(MODULES); do \
+		echo "== $$m"; (cd $$m && $(GO) test -count=1 -timeout 12m ./...); \
+	done
+
+lint:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fmt:
+	gofmt -w $(MODULES)
+
+tidy:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) mod tidy); done
+
+bench:
+	cd fleetshift && $(GO) run ./cmd/fleetshift-bench -set full -out ../docs/benchmarks.md
+
+bench-quick:
+	cd fleetshift && $(GO) run ./cmd/fleetshift-bench -set quick
+
+clean:
+	rm -rf $(BIN)

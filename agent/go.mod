@@ -1,0 +1,3 @@
+module github.com/fleetshift/fleetshift/agent
+
+go 1.26.0

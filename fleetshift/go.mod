@@ -1,0 +1,3 @@
+module github.com/fleetshift/fleetshift/fleetshift
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module github.com/fleetshift/fleetshift/ingest
+
+go 1.26.0

@@ -1,0 +1,33 @@
+package apierr
+
+import (
+	"errors"
+
+	"github.com/gofiber/fiber/v2"
+)
+
+// FiberErrorHandler writes err as the JSON error document. It is the one place where errors become
+// HTTP responses; Fiber's own errors (unknown route, body too large) get the same shape.
+func FiberErrorHandler(c *fiber.Ctx, err error) error {
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		kind := map[int]error{
+			fiber.StatusNotFound: ErrNotFound, fiber.StatusRequestEntityTooLarge: ErrTooLarge,
+			fiber.StatusMethodNotAllowed: ErrNotFound, fiber.StatusUnauthorized: ErrUnauthorized,
+			fiber.StatusForbidden: ErrForbidden, fiber.StatusConflict: ErrConflict,
+		}[fe.Code]
+		if kind == nil && fe.Code >= 400 && fe.Code < 500 {
+			kind = ErrInvalid
+		}
+		if kind != nil {
+			code := map[int]string{fiber.StatusNotFound: "not_found", fiber.StatusMethodNotAllowed: "method_not_allowed",
+				fiber.StatusRequestEntityTooLarge: "too_large"}[fe.Code]
+			if code == "" {
+				code = "invalid"
+			}
+			return c.Status(fe.Code).JSON(Body{Error: BodyError{Code: code, Message: fe.Message}})
+		}
+	}
+	status, body := ToBody(err)
+	return c.Status(status).JSON(body)
+}

@@ -1,0 +1,141 @@
+// Package broker runs the embedded NATS JetStream server and opens fleetshift's connections to NATS.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// ServiceUser is the NATS user fleetshift's own services authenticate as on the embedded server.
+const ServiceUser = "fleetshift-service"
+
+// EmbeddedConfig configures the embedded server.
+type EmbeddedConfig struct {
+	// Addr is host:port to listen on; port 0 picks a free port. When the port is taken and
+	// FallbackOnBusy is set, a free port is picked instead (the caller logs the resulting URL).
+	Addr           string
+	FallbackOnBusy bool
+	// StoreDir is where JetStream keeps its files. Empty keeps streams in memory (tests only).
+	StoreDir string
+	// ServicePassword is the password of ServiceUser. Required: the server accepts no anonymous clients.
+	ServicePassword string
+	// Configure, when set, may adjust the server options before start (auth callout, accounts).
+	Configure func(*server.Options) error
+}
+
+// Embedded is a running embedded NATS server.
+type Embedded struct {
+	Server *server.Server
+	// FellBack is true when the configured port was busy and another was picked.
+	FellBack bool
+}
+
+// StartEmbedded starts a JetStream-enabled NATS server and waits until it accepts connections.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.ServicePassword == "" {
+		return nil, errors.New("start embedded nats: a service password is required")
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded nats: FLEETSHIFT_NATS_ADDR %q: %w", cfg.Addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("start embedded nats: FLEETSHIFT_NATS_ADDR %q: bad port", cfg.Addr)
+	}
+	fellBack := false
+	if port != 0 && !portFree(host, port) {
+		if !cfg.FallbackOnBusy {
+			return nil, fmt.Errorf("start embedded nats: %s is in use (another NATS server?); set FLEETSHIFT_NATS_ADDR to a free address, or port 0 to pick one", cfg.Addr)
+		}
+		port, fellBack = -1, true
+	}
+	if port == 0 {
+		port = -1 // nats-server picks a random free port for -1
+	}
+	opts := &server.Options{
+		ServerName:         "fleetshift",
+		Host:               host,
+		Port:               port,
+		JetStream:          true,
+		StoreDir:           cfg.StoreDir,
+		NoSigs:             true,
+		NoLog:              true,
+		MaxPayload:         8 << 20,
+		JetStreamMaxMemory: 1 << 30,
+		Users:              []*server.User{{Username: ServiceUser, Password: cfg.ServicePassword}},
+	}
+	if cfg.StoreDir == "" {
+		opts.JetStreamMaxStore = 1 << 30
+		opts.StoreDir = ""
+	}
+	if cfg.Configure != nil {
+		if err := cfg.Configure(opts); err != nil {
+			return nil, fmt.Errorf("configure embedded nats: %w", err)
+		}
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded nats: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("start embedded nats: not ready within 15s")
+	}
+	return &Embedded{Server: s, FellBack: fellBack}, nil
+}
+
+// ClientURL is the URL clients connect to.
+func (e *Embedded) ClientURL() string { return e.Server.ClientURL() }
+
+// Shutdown stops the server and waits for it to finish.
+func (e *Embedded) Shutdown() {
+	e.Server.Shutdown()
+	e.Server.WaitForShutdown()
+}
+
+func portFree(host string, port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
+}
+
+// Credentials authenticate a client connection.
+type Credentials struct {
+	User, Password, Token, CredsFile string
+}
+
+// Connect opens a NATS connection named name with reconnects enabled forever (services outlive
+// broker restarts).
+func Connect(url, name string, cred Credentials, extra ...nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.Timeout(5 * time.Second),
+	}
+	switch {
+	case cred.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cred.CredsFile))
+	case cred.User != "":
+		opts = append(opts, nats.UserInfo(cred.User, cred.Password))
+	case cred.Token != "":
+		opts = append(opts, nats.Token(cred.Token))
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	return nc, nil
+}

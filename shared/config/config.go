@@ -1,0 +1,96 @@
+// Package config reads fleetshift's configuration from the environment (CONTRACT.md, "Configuration").
+package config
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Config is the process configuration. Zero values mean "use the default" where a default exists.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection string (DATABASE_URL).
+	DatabaseURL string
+	// NATSURL is an external NATS server or cluster (NATS_URL); empty means serve embeds one.
+	NATSURL string
+	// NATSCredentials authenticates services against an external NATS (NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN).
+	NATSUser, NATSPassword, NATSToken, NATSCreds string
+	// HTTPAddr is the HTTP listen address (FLEETSHIFT_HTTP_ADDR, default :3001).
+	HTTPAddr string
+	// NATSAddr is the embedded NATS listen address (FLEETSHIFT_NATS_ADDR, default 127.0.0.1:4222; port 0 picks one).
+	NATSAddr string
+	// PublicNATSURL is the NATS URL handed to devices at registration (FLEETSHIFT_PUBLIC_NATS_URL);
+	// empty means the embedded server's client URL or NATSURL.
+	PublicNATSURL string
+	// DataDir holds JetStream data and generated secrets (FLEETSHIFT_DATA_DIR, default ./.data).
+	DataDir string
+	// AdminToken is the bootstrap admin bearer token (FLEETSHIFT_ADMIN_TOKEN); generated when empty.
+	AdminToken string
+	// WebhookToken is the registries' shared token (FLEETSHIFT_WEBHOOK_TOKEN); generated when empty.
+	WebhookToken string
+	// WebhookSecret is the HMAC-SHA256 secret for X-Hub-Signature-256 (DOCKER_WEBHOOK_SECRET).
+	WebhookSecret string
+	// SubjectPrefix is the NATS subject prefix (FLEETSHIFT_SUBJECT_PREFIX, default "fleet").
+	SubjectPrefix string
+	// StreamReplicas is the JetStream replica count (FLEETSHIFT_STREAM_REPLICAS, default 1).
+	StreamReplicas int
+	// LogLevel is the zerolog level (FLEETSHIFT_LOG_LEVEL, default info).
+	LogLevel string
+	// LogFormat is "json" or "console" (FLEETSHIFT_LOG_FORMAT; default console on a terminal).
+	LogFormat string
+	// ShutdownTimeout bounds graceful shutdown (FLEETSHIFT_SHUTDOWN_TIMEOUT, default 15s).
+	ShutdownTimeout time.Duration
+}
+
+// FromEnv reads the configuration from the process environment.
+func FromEnv() (Config, error) {
+	return FromLookup(os.LookupEnv)
+}
+
+// FromLookup reads the configuration through lookup, so tests can supply their own environment.
+func FromLookup(lookup func(string) (string, bool)) (Config, error) {
+	get := func(k string) string { v, _ := lookup(k); return v }
+	c := Config{
+		DatabaseURL:   get("DATABASE_URL"),
+		NATSURL:       get("NATS_URL"),
+		NATSUser:      get("NATS_USER"),
+		NATSPassword:  get("NATS_PASSWORD"),
+		NATSToken:     get("NATS_TOKEN"),
+		NATSCreds:     get("NATS_CREDS"),
+		HTTPAddr:      cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
+		NATSAddr:      cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
+		PublicNATSURL: get("FLEETSHIFT_PUBLIC_NATS_URL"),
+		DataDir:       cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
+		AdminToken:    get("FLEETSHIFT_ADMIN_TOKEN"),
+		WebhookToken:  get("FLEETSHIFT_WEBHOOK_TOKEN"),
+		WebhookSecret: get("DOCKER_WEBHOOK_SECRET"),
+		SubjectPrefix: cmp.Or(get("FLEETSHIFT_SUBJECT_PREFIX"), "fleet"),
+		LogLevel:      cmp.Or(get("FLEETSHIFT_LOG_LEVEL"), "info"),
+		LogFormat:     get("FLEETSHIFT_LOG_FORMAT"),
+	}
+	var err error
+	if c.StreamReplicas, err = intEnv(get, "FLEETSHIFT_STREAM_REPLICAS", 1); err != nil {
+		return Config{}, err
+	}
+	c.ShutdownTimeout = 15 * time.Second
+	if v := get("FLEETSHIFT_SHUTDOWN_TIMEOUT"); v != "" {
+		if c.ShutdownTimeout, err = time.ParseDuration(v); err != nil {
+			return Config{}, fmt.Errorf("FLEETSHIFT_SHUTDOWN_TIMEOUT: %w", err)
+		}
+	}
+	return c, nil
+}
+
+func intEnv(get func(string) string, key string, def int) (int, error) {
+	v := get(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: want an integer, got %q", key, v)
+	}
+	return n, nil
+}

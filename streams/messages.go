@@ -1,0 +1,163 @@
+package streams
+
+import (
+	"encoding/json"
+	"slices"
+	"time"
+)
+
+// Header names used on fleetshift messages.
+const (
+	// HeaderMsgID is JetStream's deduplication header.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderKind names the message type and version, e.g. "push.v1".
+	HeaderKind = "Fleetshift-Kind"
+)
+
+// PushV1 is a normalised registry push: one tagged image pushed to a repository.
+// Kind "push.v1", subject Subjects.Push. Nats-Msg-Id is EventID, so redeliveries are dropped by JetStream.
+type PushV1 struct {
+	// EventID is stable for the same delivery (derived from DedupeKey).
+	EventID string `json:"event_id"`
+	// DedupeKey is what identifies the delivery: the registry's delivery id, else repository+tag+digest.
+	DedupeKey string `json:"dedupe_key"`
+	// Registry is the detected format: dockerhub, github, distribution, harbor, quay, acr, ecr, gar.
+	Registry string `json:"registry"`
+	// Repository is the normalised repository, e.g. docker.io/library/nginx or ghcr.io/org/app.
+	Repository string `json:"repository"`
+	// ImageName is the familiar form operators write: nginx, acme/app, ghcr.io/org/app.
+	ImageName string `json:"image_name"`
+	// Tag is the pushed tag (never empty: untagged pushes are ignored at ingest).
+	Tag string `json:"tag"`
+	// Digest is the manifest digest (sha256:...), empty when the registry sends none.
+	Digest     string    `json:"digest,omitempty"`
+	PushedAt   time.Time `json:"pushed_at,omitzero"`
+	ReceivedAt time.Time `json:"received_at"`
+	Pusher     string    `json:"pusher,omitempty"`
+}
+
+// Kinds of rollout command, the <kind> token of Subjects.Command.
+const (
+	// CommandDispatch starts (or re-notifies) one batch: DispatchV1.
+	CommandDispatch = "dispatch"
+)
+
+// DispatchV1 asks the dispatcher to move a batch of a rollout to the new image.
+// Kind "dispatch.v1". Handling it twice has the effect of handling it once.
+type DispatchV1 struct {
+	RolloutID string `json:"rollout_id"`
+	Batch     int    `json:"batch"`
+}
+
+// EventV1 is a rollout event, published on Subjects.Event and stored as a rollout_events row.
+// Kind "event.v1".
+type EventV1 struct {
+	ID         string          `json:"id"`
+	Type       string          `json:"type"`
+	RolloutID  string          `json:"rollout_id,omitempty"`
+	DeviceUUID string          `json:"device_uuid,omitempty"`
+	Message    string          `json:"message,omitempty"`
+	Data       json.RawMessage `json:"data,omitempty"`
+	Actor      string          `json:"actor,omitempty"`
+	Timestamp  time.Time       `json:"timestamp"`
+}
+
+// Event types (CONTRACT.md).
+const (
+	EventWebhookReceived   = "image.webhook_received"
+	EventRolloutCreated    = "image.rollout_created"
+	EventRolloutStarted    = "image.rollout_started"
+	EventBatchStarted      = "image.batch_started"
+	EventDeviceScheduled   = "image.device_scheduled"
+	EventDeviceUpdated     = "image.device_updated"
+	EventDeviceFailed      = "image.device_failed"
+	EventHealthPassed      = "image.health_check_passed"
+	EventHealthFailed      = "image.health_check_failed"
+	EventDeviceRolledBack  = "image.device_rolled_back"
+	EventBatchCompleted    = "image.batch_completed"
+	EventRolloutPaused     = "image.rollout_paused"
+	EventRolloutResumed    = "image.rollout_resumed"
+	EventRolloutCompleted  = "image.rollout_completed"
+	EventRolloutFailed     = "image.rollout_failed"
+	EventRolloutCancelled  = "image.rollout_cancelled"
+	EventRolloutSuperseded = "image.rollout_superseded"
+)
+
+// TargetV1 is what a device receives on its target subject and reads from the TARGETS stream: the same
+// document GET /api/v1/device/:uuid/state returns, keyed by the device uuid. Nats-Msg-Id is
+// "<uuid>-<version>"; a device ignores a version not newer than the one it has.
+type TargetV1 map[string]DeviceTarget
+
+// DeviceTarget is one device's target state.
+type DeviceTarget struct {
+	Apps    json.RawMessage `json:"apps"`
+	Config  json.RawMessage `json:"config"`
+	Version int64           `json:"version"`
+}
+
+// ReportV1 is a device's current-state report: the PATCH /api/v1/device/state body, keyed by device uuid,
+// published on the device's state subject (by the device itself, or by stateapi for HTTP reports).
+type ReportV1 map[string]DeviceReport
+
+// DeviceReport is one device's reported state.
+type DeviceReport struct {
+	Apps   map[string]ReportedApp `json:"apps"`
+	Config json.RawMessage        `json:"config,omitempty"`
+	// TargetVersion is the target version the device has applied, when it says.
+	TargetVersion int64 `json:"version,omitempty"`
+}
+
+// ReportedApp is one app in a report.
+type ReportedApp struct {
+	AppID    json.RawMessage  `json:"appId,omitempty"`
+	AppName  string           `json:"appName,omitempty"`
+	Services ReportedServices `json:"services"`
+}
+
+// ReportedServices accepts services as a JSON array (the target's shape) or as an object keyed by
+// service id or name (balena's shape); either way it holds a list.
+type ReportedServices []ReportedService
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (r *ReportedServices) UnmarshalJSON(b []byte) error {
+	var list []ReportedService
+	if err := json.Unmarshal(b, &list); err == nil {
+		*r = list
+		return nil
+	}
+	var byKey map[string]ReportedService
+	if err := json.Unmarshal(b, &byKey); err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]ReportedService, 0, len(keys))
+	for _, k := range keys {
+		svc := byKey[k]
+		if svc.ServiceName == "" {
+			svc.ServiceName = k
+		}
+		out = append(out, svc)
+	}
+	*r = out
+	return nil
+}
+
+// ReportedService is one service's reported state.
+type ReportedService struct {
+	ServiceID   json.RawMessage `json:"serviceId,omitempty"`
+	ServiceName string          `json:"serviceName,omitempty"`
+	ImageName   string          `json:"imageName"`
+	Status      string          `json:"status"`
+	Health      *Health         `json:"health,omitempty"`
+	Error       string          `json:"error,omitempty"`
+}
+
+// Health is a service's health as the device's checks see it.
+type Health struct {
+	Status  string          `json:"status"` // healthy, unhealthy, starting
+	Details json.RawMessage `json:"details,omitempty"`
+}
