@@ -1,0 +1,2 @@
+-- Schema additions owned by the ingest service (empty until it needs some).
+SELECT 1;
