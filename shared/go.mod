@@ -32,8 +32,6 @@ require (
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/mitchellh/copystructure v1.2.0 // indirect
 	github.com/mitchellh/reflectwalk v1.0.2 // indirect
-	github.com/nats-io/jwt/v2 v2.8.2 // indirect
-	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/rivo/uniseg v0.2.0 // indirect
@@ -52,6 +50,8 @@ require (
 require (
 	github.com/fleetshift/fleetshift/migrations v0.0.0-00010101000000-000000000000
 	github.com/fleetshift/fleetshift/streams v0.0.0
+	github.com/nats-io/jwt/v2 v2.8.2
+	github.com/nats-io/nkeys v0.4.16
 )
 
 replace github.com/fleetshift/fleetshift/streams => ../streams

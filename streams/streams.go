@@ -94,6 +94,9 @@ func (s Subjects) Control(rolloutID, verb string) string {
 	return s.Prefix + ".control.rollout." + rolloutID + "." + verb
 }
 
+// DeviceRevoked is where a revoked device's uuid is announced (core NATS), so NATS access closes at once.
+func (s Subjects) DeviceRevoked() string { return s.Prefix + ".internal.device.revoked" }
+
 // ControlAll matches every control request.
 func (s Subjects) ControlAll() string { return s.Prefix + ".control.>" }
 

@@ -1,0 +1,19 @@
+// Command fleetshift is the fleetshift server (serve, single services, migrate) and the operator CLI.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "fleetshift:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,336 @@
+// Package server assembles fleetshift: configuration, database, NATS (embedded or external), streams,
+// the services, the outbox relay and one HTTP listener. `serve` runs every role; the single-service
+// commands run one. End-to-end tests start the same assembly in-process.
+package server
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
+	"github.com/fleetshift/fleetshift/migrations"
+	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/broker"
+	"github.com/fleetshift/fleetshift/shared/config"
+	"github.com/fleetshift/fleetshift/shared/logging"
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/shared/pg"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Roles a process can run.
+const (
+	RoleIngest      = "ingest"
+	RolePlanner     = "planner"
+	RoleDispatcher  = "dispatcher"
+	RoleHealthwatch = "healthwatch"
+	RoleStateAPI    = "stateapi"
+)
+
+// AllRoles is what `serve` runs.
+var AllRoles = []string{RoleIngest, RolePlanner, RoleDispatcher, RoleHealthwatch, RoleStateAPI}
+
+// Options configure a server.
+type Options struct {
+	Config config.Config
+	Log    zerolog.Logger
+	// Out receives the start-up banner (where to send webhooks, tokens generated on first start).
+	Out io.Writer
+	// Roles to run; empty means all (serve).
+	Roles []string
+	// EmbedNATS runs an embedded NATS server when Config.NATSURL is empty (serve). Single services
+	// require NATS_URL.
+	EmbedNATS bool
+	// DefaultDatabase lets serve fall back to the local PostgreSQL when DATABASE_URL is unset.
+	DefaultDatabase bool
+	// Tune adjusts service timing (tests).
+	Tune Tuning
+}
+
+// Tuning holds intervals that tests shorten.
+type Tuning struct {
+	// TickInterval is how often durable timers (batch delays, health timeouts) are checked.
+	TickInterval time.Duration
+}
+
+// Server is a running fleetshift process.
+type Server struct {
+	// HTTPURL is the base URL of the HTTP listener, e.g. http://127.0.0.1:3001.
+	HTTPURL string
+	// NATSURL is the URL services use; PublicNATSURL is handed to devices.
+	NATSURL, PublicNATSURL string
+	// AdminToken and WebhookToken are the bootstrap secrets in force.
+	AdminToken, WebhookToken string
+	DatabaseURL              string
+
+	Pool     *pgxpool.Pool
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Subjects streams.Subjects
+	Embedded *broker.Embedded
+
+	log      zerolog.Logger
+	app      *fiber.App
+	listener net.Listener
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	errMu    sync.Mutex
+	err      error
+	stopOnce sync.Once
+	timeout  time.Duration
+	done     chan struct{}
+}
+
+// Start brings the server up and returns once it serves HTTP. Stop it with Shutdown.
+func Start(ctx context.Context, o Options) (s *Server, err error) {
+	cfg := o.Config
+	log := o.Log
+	out := cmp.Or[io.Writer](o.Out, io.Discard)
+	roles := o.Roles
+	if len(roles) == 0 {
+		roles = AllRoles
+	}
+	s = &Server{log: log, timeout: cmp.Or(cfg.ShutdownTimeout, 15*time.Second), done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.closeResources()
+		}
+	}()
+
+	// Secrets: explicit env wins; otherwise generated once and kept in the data dir.
+	admin, err := secrets.Ensure(cfg.DataDir, "admin-token", cfg.AdminToken)
+	if err != nil {
+		return nil, err
+	}
+	webhook, err := secrets.Ensure(cfg.DataDir, "webhook-token", cfg.WebhookToken)
+	if err != nil {
+		return nil, err
+	}
+	s.AdminToken, s.WebhookToken = admin.Secret, webhook.Secret
+
+	// Database.
+	dbURL := cfg.DatabaseURL
+	if dbURL == "" {
+		if !o.DefaultDatabase {
+			return nil, errors.New("DATABASE_URL is not set")
+		}
+		dbURL = pg.DefaultLocalURL
+	}
+	if err := pg.EnsureDatabase(ctx, dbURL); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, noDatabaseHint(dbURL, cfg.DatabaseURL == ""))
+	}
+	if err := migrations.ApplyURL(ctx, dbURL); err != nil {
+		return nil, fmt.Errorf("migrate %s: %w", pg.Redact(dbURL), err)
+	}
+	s.DatabaseURL = dbURL
+	if s.Pool, err = pg.Connect(ctx, dbURL); err != nil {
+		return nil, err
+	}
+
+	// NATS.
+	creds := broker.Credentials{User: cfg.NATSUser, Password: cfg.NATSPassword, Token: cfg.NATSToken, CredsFile: cfg.NATSCreds}
+	s.NATSURL = cfg.NATSURL
+	if s.NATSURL == "" {
+		if !o.EmbedNATS {
+			return nil, errors.New("NATS_URL is not set (only `serve` embeds a NATS server)")
+		}
+		svcPass, err := secrets.Ensure(cfg.DataDir, "nats-service-password", "")
+		if err != nil {
+			return nil, err
+		}
+		s.Embedded, err = broker.StartEmbedded(broker.EmbeddedConfig{
+			Addr:            cfg.NATSAddr,
+			FallbackOnBusy:  true,
+			StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
+			ServicePassword: svcPass.Secret,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.NATSURL = s.Embedded.ClientURL()
+		creds = broker.Credentials{User: broker.ServiceUser, Password: svcPass.Secret}
+		if s.Embedded.FellBack {
+			log.Warn().Str("configured", cfg.NATSAddr).Str("using", s.NATSURL).
+				Msg("embedded NATS: configured port is busy (another NATS server?); using a free port instead")
+		}
+	}
+	s.PublicNATSURL = cmp.Or(cfg.PublicNATSURL, s.NATSURL)
+	if s.NC, err = broker.Connect(s.NATSURL, "fleetshift", creds); err != nil {
+		return nil, err
+	}
+	if s.JS, err = jetstream.New(s.NC); err != nil {
+		return nil, fmt.Errorf("open jetstream: %w", err)
+	}
+	s.Subjects = streams.New(cfg.SubjectPrefix)
+	if err := s.Subjects.Ensure(ctx, s.JS, streams.Options{Replicas: cfg.StreamReplicas}); err != nil {
+		return nil, err
+	}
+
+	// HTTP app and services.
+	s.app = fiber.New(fiber.Config{
+		ErrorHandler:          apierr.FiberErrorHandler,
+		DisableStartupMessage: true,
+		BodyLimit:             8 << 20,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           120 * time.Second,
+	})
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	deps := Deps{Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
+		AdminToken: s.AdminToken, WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune}
+	runners, err := buildServices(deps, s.app, roles)
+	if err != nil {
+		return nil, err
+	}
+	runners = append(runners, namedRunner{"outbox", outbox.NewRelay(s.Pool, s.JS, logging.Component(log, "outbox"), nil)})
+	for _, r := range runners {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := r.Run(runCtx); err != nil && runCtx.Err() == nil {
+				log.Error().Err(err).Str("service", r.name).Msg("service stopped with an error")
+				s.setErr(fmt.Errorf("%s: %w", r.name, err))
+				cancel()
+			}
+		}()
+	}
+	s.app.Use(func(c *fiber.Ctx) error { return apierr.FiberErrorHandler(c, fiber.ErrNotFound) })
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("listen on %s (FLEETSHIFT_HTTP_ADDR): %w", cfg.HTTPAddr, err)
+	}
+	s.listener = ln
+	s.HTTPURL = "http://" + httpHost(ln.Addr())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.app.Listener(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && runCtx.Err() == nil {
+			s.setErr(fmt.Errorf("http: %w", err))
+			cancel()
+		}
+	}()
+	go func() { <-runCtx.Done(); close(s.done) }()
+
+	printBanner(out, s, admin.Generated, webhook.Generated, slices.Equal(roles, AllRoles))
+	return s, nil
+}
+
+// Done is closed when the server stops running (Shutdown, or a service failed).
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// Err returns the error that stopped the server, if one did.
+func (s *Server) Err() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
+func (s *Server) setErr(err error) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// Shutdown stops in order: HTTP, consumers and timers, the NATS connection (drained), the embedded
+// server, the database pool. Calling it twice is harmless.
+func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() {
+		if s.app != nil {
+			_ = s.app.ShutdownWithTimeout(s.timeout)
+		}
+		if s.cancel != nil {
+			s.cancel()
+		}
+		waited := make(chan struct{})
+		go func() { s.wg.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(s.timeout):
+			s.log.Warn().Msg("shutdown: services did not stop in time")
+		}
+		s.closeResources()
+	})
+}
+
+func (s *Server) closeResources() {
+	if s.NC != nil {
+		_ = s.NC.Drain()
+		for i := 0; i < 100 && !s.NC.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		s.NC.Close()
+	}
+	if s.Embedded != nil {
+		s.Embedded.Shutdown()
+	}
+	if s.Pool != nil {
+		s.Pool.Close()
+	}
+}
+
+func httpHost(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if tcp.IP == nil || tcp.IP.IsUnspecified() {
+		return fmt.Sprintf("127.0.0.1:%d", tcp.Port)
+	}
+	return tcp.String()
+}
+
+func noDatabaseHint(url string, defaulted bool) string {
+	if defaulted {
+		return "fleetshift needs PostgreSQL 13+. Nothing usable answered at " + pg.Redact(url) + ".\n" +
+			"  - start one (Debian: apt-get install postgresql && pg_ctlcluster 15 main start), or\n" +
+			"  - set DATABASE_URL=postgres://user:pass@host:5432/fleetshift"
+	}
+	return "check DATABASE_URL (" + pg.Redact(url) + ")"
+}
+
+type namedRunner struct {
+	name string
+	r    interface{ Run(context.Context) error }
+}
+
+func (n namedRunner) Run(ctx context.Context) error { return n.r.Run(ctx) }
+
+func printBanner(w io.Writer, s *Server, adminNew, webhookNew, all bool) {
+	fmt.Fprintf(w, "\nfleetshift is up\n")
+	fmt.Fprintf(w, "  HTTP API        %s\n", s.HTTPURL)
+	fmt.Fprintf(w, "  NATS            %s\n", s.NATSURL)
+	fmt.Fprintf(w, "  database        %s\n", pg.Redact(s.DatabaseURL))
+	if adminNew {
+		fmt.Fprintf(w, "  admin token     %s   (generated; saved in the data dir, shown only now)\n", s.AdminToken)
+	}
+	if webhookNew {
+		fmt.Fprintf(w, "  webhook token   %s   (generated; saved in the data dir, shown only now)\n", s.WebhookToken)
+	}
+	if !all {
+		return
+	}
+	fmt.Fprintf(w, "\nSend registry webhooks to:\n  %s/api/v1/webhooks/docker-registry?token=<webhook token>\n", s.HTTPURL)
+	fmt.Fprintf(w, "Watch rollouts:\n  FLEETSHIFT_URL=%s FLEETSHIFT_TOKEN=<admin token> bin/fleetshift rollouts list\n", s.HTTPURL)
+	fmt.Fprintf(w, "  curl -H 'Authorization: Bearer <admin token>' %s/api/v1/rollouts\n", s.HTTPURL)
+	fmt.Fprintf(w, "  NATS events: subjects %s (stream %s)\n\n", s.Subjects.EventsAll(), s.Subjects.EventsStream())
+}

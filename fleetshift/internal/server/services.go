@@ -1,0 +1,91 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/dispatcher"
+	"github.com/fleetshift/fleetshift/healthwatch"
+	"github.com/fleetshift/fleetshift/ingest"
+	"github.com/fleetshift/fleetshift/planner"
+	"github.com/fleetshift/fleetshift/shared/config"
+	"github.com/fleetshift/fleetshift/shared/logging"
+	"github.com/fleetshift/fleetshift/stateapi"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Deps are what every service is built from.
+type Deps struct {
+	Pool          *pgxpool.Pool
+	NC            *nats.Conn
+	JS            jetstream.JetStream
+	Subjects      streams.Subjects
+	Log           zerolog.Logger
+	Config        config.Config
+	AdminToken    string
+	WebhookToken  string
+	PublicNATSURL string
+	Tune          Tuning
+}
+
+// buildServices constructs the services of roles, registers their HTTP routes on app, and returns
+// what must run.
+func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error) {
+	var runners []namedRunner
+	has := func(r string) bool {
+		for _, x := range roles {
+			if x == r {
+				return true
+			}
+		}
+		return false
+	}
+	if has(RoleStateAPI) {
+		svc, err := stateapi.New(stateapi.Config{Pool: d.Pool, NC: d.NC, JS: d.JS, Subjects: d.Subjects,
+			Log: logging.Component(d.Log, RoleStateAPI), AdminToken: d.AdminToken, PublicNATSURL: d.PublicNATSURL})
+		if err != nil {
+			return nil, fmt.Errorf("start stateapi: %w", err)
+		}
+		svc.Register(app)
+		runners = append(runners, namedRunner{RoleStateAPI, svc})
+	}
+	if has(RoleIngest) {
+		svc, err := ingest.New(ingest.Config{JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleIngest),
+			WebhookToken: d.WebhookToken, WebhookSecret: d.Config.WebhookSecret})
+		if err != nil {
+			return nil, fmt.Errorf("start ingest: %w", err)
+		}
+		svc.Register(app)
+	}
+	if has(RolePlanner) {
+		svc, err := planner.New(planner.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RolePlanner)})
+		if err != nil {
+			return nil, fmt.Errorf("start planner: %w", err)
+		}
+		runners = append(runners, namedRunner{RolePlanner, svc})
+	}
+	if has(RoleDispatcher) {
+		svc, err := dispatcher.New(dispatcher.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleDispatcher)})
+		if err != nil {
+			return nil, fmt.Errorf("start dispatcher: %w", err)
+		}
+		runners = append(runners, namedRunner{RoleDispatcher, svc})
+	}
+	if has(RoleHealthwatch) {
+		svc, err := healthwatch.New(healthwatch.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects,
+			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval})
+		if err != nil {
+			return nil, fmt.Errorf("start healthwatch: %w", err)
+		}
+		runners = append(runners, namedRunner{RoleHealthwatch, svc})
+	}
+	return runners, nil
+}
+
+var _ = context.Background

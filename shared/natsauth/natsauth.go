@@ -1,0 +1,300 @@
+// Package natsauth admits clients to fleetshift's NATS through nats-server's auth callout: the server
+// forwards every connection that is not one of fleetshift's own service users to $SYS.REQ.USER.AUTH,
+// and this service answers with a signed user JWT carrying exactly the permissions that client may have.
+//
+// Devices connect with user = their uuid and password = their device key, and may only subscribe to
+// their own target subject, read their own latest target from JetStream (direct get), publish their own
+// state, and receive replies on their own inbox prefix (_INBOX_<uuid>.). Operators connect with an API
+// token as the connection token and get the control and event subjects their scope allows.
+package natsauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// RequestSubject is where nats-server sends authorization requests.
+const RequestSubject = "$SYS.REQ.USER.AUTH"
+
+// DeviceInboxPrefix is the inbox prefix a device must use (nats.CustomInboxPrefix) for request replies,
+// e.g. for reading its latest target with a JetStream direct get.
+func DeviceInboxPrefix(uuid string) string { return "_INBOX_" + uuid }
+
+// NewIssuer creates an account key pair that signs user JWTs; keep its seed secret.
+func NewIssuer() (seed string, err error) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		return "", fmt.Errorf("create nats issuer key: %w", err)
+	}
+	b, err := kp.Seed()
+	if err != nil {
+		return "", fmt.Errorf("read nats issuer seed: %w", err)
+	}
+	return string(b), nil
+}
+
+// Configure returns an embedded-server option hook enabling auth callout with the issuer whose seed is
+// given; authUsers (fleetshift's service users) bypass the callout.
+func Configure(issuerSeed string, authUsers ...string) (func(*server.Options) error, error) {
+	kp, err := nkeys.FromSeed([]byte(issuerSeed))
+	if err != nil {
+		return nil, fmt.Errorf("nats issuer seed: %w", err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("nats issuer key: %w", err)
+	}
+	return func(o *server.Options) error {
+		o.AuthCallout = &server.AuthCallout{Issuer: pub, AuthUsers: authUsers}
+		return nil
+	}, nil
+}
+
+// Grant is what a client is allowed.
+type Grant struct {
+	Name string
+	Pub  []string
+	Sub  []string
+}
+
+// OperatorAuthenticator checks an operator token and returns its scope ("read", "operate", "admin").
+type OperatorAuthenticator func(ctx context.Context, token string) (scope string, err error)
+
+// Config configures the callout service.
+type Config struct {
+	NC         *nats.Conn
+	Pool       *pgxpool.Pool
+	Subjects   streams.Subjects
+	IssuerSeed string
+	Log        zerolog.Logger
+	// Operators authenticates connection tokens; nil refuses token connections.
+	Operators OperatorAuthenticator
+	// Server, when the NATS server is embedded, lets Revoke disconnect a device at once.
+	Server *server.Server
+	// CacheTTL bounds how long a positive device-key check is reused (default 30s).
+	CacheTTL time.Duration
+	// TokenTTL is the lifetime of issued user JWTs (default 1h; clients reconnect and are re-checked).
+	TokenTTL time.Duration
+}
+
+// Service answers authorization requests.
+type Service struct {
+	cfg    Config
+	issuer nkeys.KeyPair
+	mu     sync.Mutex
+	cache  map[string]cacheEntry // device uuid -> key hash
+}
+
+type cacheEntry struct {
+	hash    [32]byte
+	revoked bool
+	expires time.Time
+}
+
+// New returns the callout service.
+func New(cfg Config) (*Service, error) {
+	if cfg.NC == nil || cfg.Pool == nil {
+		return nil, errors.New("natsauth: NC and Pool are required")
+	}
+	kp, err := nkeys.FromSeed([]byte(cfg.IssuerSeed))
+	if err != nil {
+		return nil, fmt.Errorf("natsauth: issuer seed: %w", err)
+	}
+	if cfg.CacheTTL == 0 {
+		cfg.CacheTTL = 30 * time.Second
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = time.Hour
+	}
+	return &Service{cfg: cfg, issuer: kp, cache: map[string]cacheEntry{}}, nil
+}
+
+// Run answers requests until ctx ends. It also listens for device revocations and disconnects the
+// revoked device when the server is embedded.
+func (s *Service) Run(ctx context.Context) error {
+	sub, err := s.cfg.NC.QueueSubscribe(RequestSubject, "fleetshift-auth", func(m *nats.Msg) {
+		reqCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = m.Respond(s.handle(reqCtx, m.Data))
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
+	}
+	revoked, err := s.cfg.NC.Subscribe(s.cfg.Subjects.DeviceRevoked(), func(m *nats.Msg) {
+		s.Revoke(string(m.Data))
+	})
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("subscribe device revocations: %w", err)
+	}
+	<-ctx.Done()
+	_ = revoked.Unsubscribe()
+	return sub.Drain()
+}
+
+// Revoke refuses the device from now on (until it is looked up again and found valid in PostgreSQL)
+// and, on an embedded server, closes its open connections. Callers revoke in PostgreSQL first.
+func (s *Service) Revoke(uuid string) {
+	s.mu.Lock()
+	s.cache[uuid] = cacheEntry{revoked: true, expires: time.Now().Add(s.cfg.CacheTTL)}
+	s.mu.Unlock()
+	if s.cfg.Server == nil || uuid == "" {
+		return
+	}
+	conns, err := s.cfg.Server.Connz(&server.ConnzOptions{User: uuid, Limit: 1024})
+	if err != nil {
+		return
+	}
+	for _, c := range conns.Conns {
+		_ = s.cfg.Server.DisconnectClientByID(c.Cid)
+	}
+}
+
+func (s *Service) handle(ctx context.Context, data []byte) []byte {
+	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
+	if err != nil {
+		s.cfg.Log.Warn().Err(err).Msg("nats auth: undecodable request")
+		return nil
+	}
+	grant, err := s.authorize(ctx, req.ConnectOptions)
+	resp := jwt.NewAuthorizationResponseClaims(req.UserNkey)
+	resp.Audience = req.Server.ID
+	if err != nil {
+		resp.Error = err.Error()
+		s.cfg.Log.Debug().Str("user", req.ConnectOptions.Username).Err(err).Msg("nats auth: refused")
+	} else {
+		uc := jwt.NewUserClaims(req.UserNkey)
+		uc.Name = grant.Name
+		uc.Audience = "$G" // non-operator mode: the global account
+		uc.Expires = time.Now().Add(s.cfg.TokenTTL).Unix()
+		uc.Pub.Allow.Add(grant.Pub...)
+		uc.Sub.Allow.Add(grant.Sub...)
+		ujwt, err := uc.Encode(s.issuer)
+		if err != nil {
+			resp.Error = "internal error"
+		} else {
+			resp.Jwt = ujwt
+		}
+	}
+	out, err := resp.Encode(s.issuer)
+	if err != nil {
+		s.cfg.Log.Error().Err(err).Msg("nats auth: encode response")
+		return nil
+	}
+	return []byte(out)
+}
+
+// errDenied is the one answer a refused client gets, whatever the reason.
+var errDenied = errors.New("authorization violation")
+
+func (s *Service) authorize(ctx context.Context, o jwt.ConnectOptions) (Grant, error) {
+	switch {
+	case o.Token != "" && o.Username == "":
+		if s.cfg.Operators == nil {
+			return Grant{}, errDenied
+		}
+		scope, err := s.cfg.Operators(ctx, o.Token)
+		if err != nil {
+			return Grant{}, errDenied
+		}
+		return s.operatorGrant(scope), nil
+	case o.Username != "" && o.Password != "":
+		if err := s.checkDevice(ctx, o.Username, o.Password); err != nil {
+			return Grant{}, err
+		}
+		return s.DeviceGrant(o.Username), nil
+	default:
+		return Grant{}, errDenied
+	}
+}
+
+// DeviceGrant is everything device uuid may do.
+func (s *Service) DeviceGrant(uuid string) Grant {
+	subj := s.cfg.Subjects
+	target := subj.DeviceTarget(uuid)
+	return Grant{
+		Name: uuid, // the server reports it as the authorized user; Revoke finds connections by it
+		Pub: []string{
+			subj.DeviceState(uuid),
+			"$JS.API.DIRECT.GET." + subj.TargetsStream() + "." + target,
+		},
+		Sub: []string{target, DeviceInboxPrefix(uuid) + ".>"},
+	}
+}
+
+func (s *Service) operatorGrant(scope string) Grant {
+	subj := s.cfg.Subjects
+	events := subj.EventsStream()
+	g := Grant{
+		Name: "operator (" + scope + ")",
+		Pub: []string{
+			"$JS.API.INFO",
+			"$JS.API.STREAM.INFO." + events,
+			"$JS.API.CONSUMER.CREATE." + events + ".>",
+			"$JS.API.CONSUMER.CREATE." + events,
+			"$JS.API.CONSUMER.MSG.NEXT." + events + ".>",
+			"$JS.API.CONSUMER.DELETE." + events + ".>",
+			"$JS.API.CONSUMER.INFO." + events + ".>",
+			"$JS.ACK." + events + ".>",
+			"$JS.FC.>",
+		},
+		Sub: []string{"_INBOX.>", subj.EventsAll()},
+	}
+	if scope == "operate" || scope == "admin" {
+		g.Pub = append(g.Pub, subj.ControlAll())
+	}
+	return g
+}
+
+func (s *Service) checkDevice(ctx context.Context, uuid, key string) error {
+	if strings.ContainsAny(uuid, ".*> \t") {
+		return errDenied
+	}
+	presented := sha256.Sum256([]byte(key))
+	s.mu.Lock()
+	e, ok := s.cache[uuid]
+	s.mu.Unlock()
+	if ok && time.Now().Before(e.expires) {
+		if e.revoked {
+			return errDenied
+		}
+		if subtle.ConstantTimeCompare(e.hash[:], presented[:]) == 1 {
+			return nil
+		}
+		return errDenied
+	}
+	var hash []byte
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT api_key_hash FROM devices WHERE uuid = $1 AND revoked_at IS NULL`, uuid).Scan(&hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errDenied
+	}
+	if err != nil {
+		s.cfg.Log.Warn().Err(err).Msg("nats auth: device lookup failed")
+		return errors.New("temporarily unavailable")
+	}
+	if subtle.ConstantTimeCompare(hash, presented[:]) != 1 {
+		return errDenied
+	}
+	var stored [32]byte
+	copy(stored[:], hash)
+	s.mu.Lock()
+	s.cache[uuid] = cacheEntry{hash: stored, expires: time.Now().Add(s.cfg.CacheTTL)}
+	s.mu.Unlock()
+	return nil
+}
