@@ -17,6 +17,10 @@ type Config struct {
 	NATSURL string
 	// NATSCredentials authenticates services against an external NATS (NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN).
 	NATSUser, NATSPassword, NATSToken, NATSCreds string
+	// NATSIssuerSeed is the account seed signing device/operator NATS credentials through the auth
+	// callout (FLEETSHIFT_NATS_ISSUER_SEED); generated into the data dir for the embedded server. With an
+	// external cluster, configure its auth_callout issuer with the matching public key.
+	NATSIssuerSeed string
 	// HTTPAddr is the HTTP listen address (FLEETSHIFT_HTTP_ADDR, default :3001).
 	HTTPAddr string
 	// NATSAddr is the embedded NATS listen address (FLEETSHIFT_NATS_ADDR, default 127.0.0.1:4222; port 0 picks one).
@@ -53,22 +57,23 @@ func FromEnv() (Config, error) {
 func FromLookup(lookup func(string) (string, bool)) (Config, error) {
 	get := func(k string) string { v, _ := lookup(k); return v }
 	c := Config{
-		DatabaseURL:   get("DATABASE_URL"),
-		NATSURL:       get("NATS_URL"),
-		NATSUser:      get("NATS_USER"),
-		NATSPassword:  get("NATS_PASSWORD"),
-		NATSToken:     get("NATS_TOKEN"),
-		NATSCreds:     get("NATS_CREDS"),
-		HTTPAddr:      cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
-		NATSAddr:      cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
-		PublicNATSURL: get("FLEETSHIFT_PUBLIC_NATS_URL"),
-		DataDir:       cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
-		AdminToken:    get("FLEETSHIFT_ADMIN_TOKEN"),
-		WebhookToken:  get("FLEETSHIFT_WEBHOOK_TOKEN"),
-		WebhookSecret: get("DOCKER_WEBHOOK_SECRET"),
-		SubjectPrefix: cmp.Or(get("FLEETSHIFT_SUBJECT_PREFIX"), "fleet"),
-		LogLevel:      cmp.Or(get("FLEETSHIFT_LOG_LEVEL"), "info"),
-		LogFormat:     get("FLEETSHIFT_LOG_FORMAT"),
+		DatabaseURL:    get("DATABASE_URL"),
+		NATSURL:        get("NATS_URL"),
+		NATSUser:       get("NATS_USER"),
+		NATSPassword:   get("NATS_PASSWORD"),
+		NATSToken:      get("NATS_TOKEN"),
+		NATSCreds:      get("NATS_CREDS"),
+		NATSIssuerSeed: get("FLEETSHIFT_NATS_ISSUER_SEED"),
+		HTTPAddr:       cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
+		NATSAddr:       cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
+		PublicNATSURL:  get("FLEETSHIFT_PUBLIC_NATS_URL"),
+		DataDir:        cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
+		AdminToken:     get("FLEETSHIFT_ADMIN_TOKEN"),
+		WebhookToken:   get("FLEETSHIFT_WEBHOOK_TOKEN"),
+		WebhookSecret:  get("DOCKER_WEBHOOK_SECRET"),
+		SubjectPrefix:  cmp.Or(get("FLEETSHIFT_SUBJECT_PREFIX"), "fleet"),
+		LogLevel:       cmp.Or(get("FLEETSHIFT_LOG_LEVEL"), "info"),
+		LogFormat:      get("FLEETSHIFT_LOG_FORMAT"),
 	}
 	var err error
 	if c.StreamReplicas, err = intEnv(get, "FLEETSHIFT_STREAM_REPLICAS", 1); err != nil {

@@ -22,6 +22,11 @@ type Value struct {
 // Ensure returns the secret stored in dir/name, generating and saving it (mode 0600) when absent.
 // An explicit value (from the environment) wins and is not saved.
 func Ensure(dir, name, explicit string) (Value, error) {
+	return EnsureWith(dir, name, explicit, func() (string, error) { return New(), nil })
+}
+
+// EnsureWith is Ensure with a generator of its own (e.g. an nkey seed).
+func EnsureWith(dir, name, explicit string, generate func() (string, error)) (Value, error) {
 	if explicit != "" {
 		return Value{Secret: explicit}, nil
 	}
@@ -37,10 +42,13 @@ func Ensure(dir, name, explicit string) (Value, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Value{}, fmt.Errorf("create data dir %s: %w", dir, err)
 	}
-	s := New()
+	s, err := generate()
+	if err != nil {
+		return Value{}, fmt.Errorf("generate secret %s: %w", name, err)
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) { // another process made it first
-		return Ensure(dir, name, "")
+		return EnsureWith(dir, name, "", generate)
 	}
 	if err != nil {
 		return Value{}, fmt.Errorf("save secret %s: %w", path, err)

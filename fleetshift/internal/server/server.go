@@ -18,6 +18,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/jackc/pgx/v5/pgxpool"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -28,6 +29,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/broker"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
+	"github.com/fleetshift/fleetshift/shared/natsauth"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/pg"
 	"github.com/fleetshift/fleetshift/streams"
@@ -94,6 +96,8 @@ type Server struct {
 	stopOnce sync.Once
 	timeout  time.Duration
 	done     chan struct{}
+
+	natsIssuerSeed string
 }
 
 // Start brings the server up and returns once it serves HTTP. Stop it with Shutdown.
@@ -153,11 +157,21 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
+		issuer, err := secrets.EnsureWith(cfg.DataDir, "nats-issuer.seed", cfg.NATSIssuerSeed, natsauth.NewIssuer)
+		if err != nil {
+			return nil, err
+		}
+		s.natsIssuerSeed = issuer.Secret
+		hook, err := natsauth.Configure(issuer.Secret, broker.ServiceUser)
+		if err != nil {
+			return nil, err
+		}
 		s.Embedded, err = broker.StartEmbedded(broker.EmbeddedConfig{
 			Addr:            cfg.NATSAddr,
 			FallbackOnBusy:  true,
 			StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
 			ServicePassword: svcPass.Secret,
+			Configure:       hook,
 		})
 		if err != nil {
 			return nil, err
@@ -170,6 +184,9 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 		}
 	}
 	s.PublicNATSURL = cmp.Or(cfg.PublicNATSURL, s.NATSURL)
+	if s.natsIssuerSeed == "" {
+		s.natsIssuerSeed = cfg.NATSIssuerSeed // an external server configured for our auth callout
+	}
 	if s.NC, err = broker.Connect(s.NATSURL, "fleetshift", creds); err != nil {
 		return nil, err
 	}
@@ -197,6 +214,18 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	runners, err := buildServices(deps, s.app, roles)
 	if err != nil {
 		return nil, err
+	}
+	if s.natsIssuerSeed != "" && slices.Contains(roles, RoleStateAPI) {
+		var embedded *natsserver.Server
+		if s.Embedded != nil {
+			embedded = s.Embedded.Server
+		}
+		callout, err := natsauth.New(natsauth.Config{NC: s.NC, Pool: s.Pool, Subjects: s.Subjects, IssuerSeed: s.natsIssuerSeed,
+			Log: logging.Component(log, "natsauth"), Server: embedded, Operators: deps.operatorScope})
+		if err != nil {
+			return nil, err
+		}
+		runners = append(runners, namedRunner{"natsauth", callout})
 	}
 	runners = append(runners, namedRunner{"outbox", outbox.NewRelay(s.Pool, s.JS, logging.Component(log, "outbox"), nil)})
 	for _, r := range runners {
