@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
 	"github.com/fleetshift/fleetshift/migrations"
 	"github.com/fleetshift/fleetshift/shared/config"
@@ -25,6 +26,7 @@ func newRootCmd() *cobra.Command {
 		root.AddCommand(serveCmd(role, "Run the "+role+" service alone against NATS_URL and DATABASE_URL", []string{role}, false))
 	}
 	root.AddCommand(migrateCmd())
+	root.AddCommand(cli.Commands()...)
 	return root
 }
 

@@ -239,6 +239,9 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			}
 		}()
 	}
+	s.app.Get("/api/v1/info", func(c *fiber.Ctx) error {
+		return c.JSON(fiber.Map{"name": "fleetshift", "nats_url": s.PublicNATSURL, "subject_prefix": s.Subjects.Prefix})
+	})
 	s.app.Use(func(c *fiber.Ctx) error { return apierr.FiberErrorHandler(c, fiber.ErrNotFound) })
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
