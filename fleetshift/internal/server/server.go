@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
 	"github.com/fleetshift/fleetshift/migrations"
 	"github.com/fleetshift/fleetshift/shared/apierr"
@@ -85,6 +86,7 @@ type Server struct {
 	JS       jetstream.JetStream
 	Subjects streams.Subjects
 	Embedded *broker.Embedded
+	Metrics  *metrics.Registry
 
 	log      zerolog.Logger
 	app      *fiber.App
@@ -207,9 +209,12 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           120 * time.Second,
 	})
+	s.Metrics = metrics.New(s.Pool, s.JS, s.Subjects, logging.Component(log, "metrics"))
+	s.app.Use(s.Metrics.Middleware())
+	s.app.Get("/metrics", s.Metrics.Handler())
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	deps := Deps{Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
+	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
 		AdminToken: s.AdminToken, WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune}
 	runners, err := buildServices(deps, s.app, roles)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetshift/fleetshift/dispatcher"
+	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
 	"github.com/fleetshift/fleetshift/healthwatch"
 	"github.com/fleetshift/fleetshift/ingest"
 	"github.com/fleetshift/fleetshift/planner"
@@ -22,6 +23,7 @@ import (
 
 // Deps are what every service is built from.
 type Deps struct {
+	Metrics       *metrics.Registry
 	Pool          *pgxpool.Pool
 	NC            *nats.Conn
 	JS            jetstream.JetStream

@@ -1,0 +1,154 @@
+// Package metrics exposes fleetshift's Prometheus metrics (names prefixed fleetshift_): HTTP latency, and
+// at scrape time rollouts by status, devices by rollout status, JetStream consumer backlogs and stream
+// throughput counters.
+package metrics
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Registry is one process's metrics.
+type Registry struct {
+	reg  *prometheus.Registry
+	http *prometheus.HistogramVec
+}
+
+// New returns a registry with Go and process collectors, the HTTP histogram, and a collector reading
+// PostgreSQL and JetStream at scrape time.
+func New(pool *pgxpool.Pool, js jetstream.JetStream, subj streams.Subjects, log zerolog.Logger) *Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "fleetshift_http_request_duration_seconds",
+		Help:    "HTTP request latency by route and status.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"method", "route", "status"})
+	reg.MustRegister(h)
+	if pool != nil {
+		reg.MustRegister(&stateCollector{pool: pool, js: js, subj: subj, log: log})
+	}
+	return &Registry{reg: reg, http: h}
+}
+
+// Register adds collectors (e.g. a service's counters).
+func (r *Registry) Register(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		r.reg.MustRegister(c)
+	}
+}
+
+// Middleware records each request's latency under its route pattern (not the raw path, so ids do not
+// explode the label set).
+func (r *Registry) Middleware() fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		start := time.Now()
+		err := c.Next()
+		status := c.Response().StatusCode()
+		if err != nil {
+			if fe, ok := err.(*fiber.Error); ok {
+				status = fe.Code
+			}
+		}
+		route := "unmatched"
+		if rt := c.Route(); rt != nil && rt.Path != "/" && rt.Path != "" {
+			route = rt.Path
+		}
+		r.http.WithLabelValues(c.Method(), route, strconv.Itoa(status)).Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+// Handler serves /metrics.
+func (r *Registry) Handler() fiber.Handler {
+	return adaptor.HTTPHandler(promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
+}
+
+var (
+	descRollouts = prometheus.NewDesc("fleetshift_rollouts", "Rollouts by status.", []string{"status"}, nil)
+	descDevices  = prometheus.NewDesc("fleetshift_rollout_devices", "Devices of active rollouts by rollout status.", []string{"status"}, nil)
+	descPending  = prometheus.NewDesc("fleetshift_jetstream_consumer_pending", "Messages not yet delivered to a consumer.", []string{"stream", "consumer"}, nil)
+	descAckPend  = prometheus.NewDesc("fleetshift_jetstream_consumer_ack_pending", "Messages delivered to a consumer and not yet acknowledged.", []string{"stream", "consumer"}, nil)
+	descMsgs     = prometheus.NewDesc("fleetshift_stream_messages_total", "Messages ever stored in a stream (its last sequence): webhook pushes, dispatched targets, device reports, events.", []string{"stream"}, nil)
+)
+
+type stateCollector struct {
+	pool *pgxpool.Pool
+	js   jetstream.JetStream
+	subj streams.Subjects
+	log  zerolog.Logger
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRollouts, descDevices, descPending, descAckPend, descMsgs} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.countBy(ctx, ch, descRollouts, `SELECT status, count(*) FROM image_rollouts GROUP BY status`)
+	c.countBy(ctx, ch, descDevices, `SELECT d.status, count(*) FROM device_rollout_status d
+		JOIN image_rollouts r ON r.rollout_id = d.rollout_id
+		WHERE r.status IN ('pending','scheduled','in_progress','paused','awaiting_approval') GROUP BY d.status`)
+	if c.js == nil {
+		return
+	}
+	for _, pair := range [][2]string{
+		{c.subj.PushesStream(), streams.ConsumerPlanner},
+		{c.subj.CommandsStream(), streams.ConsumerDispatcher},
+		{c.subj.ReportsStream(), streams.ConsumerHealthwatch},
+	} {
+		cons, err := c.js.Consumer(ctx, pair[0], pair[1])
+		if err != nil {
+			continue
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(info.NumPending), pair[0], pair[1])
+		ch <- prometheus.MustNewConstMetric(descAckPend, prometheus.GaugeValue, float64(info.NumAckPending), pair[0], pair[1])
+	}
+	for _, name := range []string{c.subj.PushesStream(), c.subj.TargetsStream(), c.subj.ReportsStream(), c.subj.EventsStream()} {
+		s, err := c.js.Stream(ctx, name)
+		if err != nil {
+			continue
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descMsgs, prometheus.CounterValue, float64(info.State.LastSeq), name)
+	}
+}
+
+func (c *stateCollector) countBy(ctx context.Context, ch chan<- prometheus.Metric, d *prometheus.Desc, q string) {
+	rows, err := c.pool.Query(ctx, q)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("metrics: query failed")
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int64
+		if err := rows.Scan(&status, &n); err != nil {
+			return
+		}
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(n), status)
+	}
+}
