@@ -244,6 +244,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			}
 		}()
 	}
+	registerOpenAPI(s.app)
 	s.app.Get("/api/v1/info", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"name": "fleetshift", "nats_url": s.PublicNATSURL, "subject_prefix": s.Subjects.Prefix})
 	})
