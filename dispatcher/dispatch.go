@@ -1,0 +1,367 @@
+package dispatcher
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/target"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Result says what handling one dispatch command did.
+type Result struct {
+	// RolloutStatus is the rollout's status when the command was handled ("" when no such rollout).
+	RolloutStatus string
+	// Scheduled is how many devices moved from pending to scheduled.
+	Scheduled int
+	// Skipped is how many pending devices were skipped because their target no longer runs the
+	// rollout's repository.
+	Skipped int
+	// Notified is how many devices of the batch were sent their target state.
+	Notified int
+}
+
+// Dispatch handles cmd as the consumer does, without the message: it dispatches batch cmd.Batch of
+// rollout cmd.RolloutID when the rollout is in progress, then notifies every device of that batch that
+// is scheduled or further along. Calling it again for the same batch changes nothing and only
+// re-notifies (with the same message ids, which JetStream drops as duplicates).
+func (s *Service) Dispatch(ctx context.Context, cmd streams.DispatchV1) (Result, error) {
+	return s.dispatch(ctx, cmd, func() {})
+}
+
+// rollout is what a dispatch needs of the rollout row.
+type rollout struct {
+	status         string
+	repository     string
+	newImage       string
+	newTag         string
+	currentBatch   int
+	totalBatches   int
+	notStarted     bool
+	healthTimeoutS float64
+}
+
+// candidate is a pending device of the batch with its current target.
+type candidate struct {
+	uuid    string
+	version int64
+	apps    []byte
+}
+
+// outcome is what the rewrite decided for one candidate.
+type outcome int
+
+const (
+	outcomeWrite   outcome = iota // target rewritten to the new image
+	outcomeCurrent                // target already runs the new image: schedule without a write
+	outcomeSkip                   // target no longer runs the repository
+)
+
+func (s *Service) dispatch(ctx context.Context, cmd streams.DispatchV1, progress func()) (Result, error) {
+	if _, err := uuid.Parse(cmd.RolloutID); err != nil {
+		return Result{}, fmt.Errorf("dispatch rollout %q: rollout id: %w", cmd.RolloutID, errPermanent)
+	}
+	if cmd.Batch < 1 {
+		return Result{}, fmt.Errorf("dispatch rollout %s batch %d: batch numbers start at 1: %w", cmd.RolloutID, cmd.Batch, errPermanent)
+	}
+	res, err := s.schedule(ctx, cmd)
+	if err != nil {
+		return res, fmt.Errorf("dispatch rollout %s batch %d: %w", cmd.RolloutID, cmd.Batch, err)
+	}
+	if res.RolloutStatus == "" {
+		s.log.Warn().Str("rollout_id", cmd.RolloutID).Msg("dispatch for an unknown rollout; nothing to do")
+		return res, nil
+	}
+	progress()
+	n, err := s.notify(ctx, cmd)
+	if err != nil {
+		return res, fmt.Errorf("notify rollout %s batch %d: %w", cmd.RolloutID, cmd.Batch, err)
+	}
+	res.Notified = n
+	return res, nil
+}
+
+// schedule is the transaction: lock the rollout, rewrite and write the pending devices' targets, move
+// their rows to scheduled (or skipped), advance the rollout and record the events.
+func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result, error) {
+	var res Result
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	var r rollout
+	err = tx.QueryRow(ctx, `
+		SELECT r.status, r.repository, r.new_image, r.new_tag, r.current_batch, r.total_batches,
+		       r.started_at IS NULL,
+		       COALESCE(CASE WHEN jsonb_typeof(r.policy->'health_check_timeout_seconds') = 'number'
+		                     THEN (r.policy->>'health_check_timeout_seconds')::double precision END,
+		                p.health_check_timeout_seconds, 300)
+		FROM image_rollouts r LEFT JOIN image_update_policies p ON p.id = r.policy_id
+		WHERE r.rollout_id = $1
+		FOR UPDATE OF r`, cmd.RolloutID).
+		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &r.healthTimeoutS)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("lock rollout: %w", err)
+	}
+	res.RolloutStatus = r.status
+	if r.status != "in_progress" {
+		return res, nil // paused, cancelled, superseded, completed...: change nothing
+	}
+	if r.totalBatches > 0 && cmd.Batch > r.totalBatches {
+		return res, fmt.Errorf("rollout has %d batches: %w", r.totalBatches, errPermanent)
+	}
+
+	// The pending devices of the batch and their targets, target rows locked (in a stable order, so
+	// concurrent dispatches of rollouts sharing devices cannot deadlock) until commit.
+	rows, err := tx.Query(ctx, `
+		SELECT d.device_uuid, t.version, t.apps
+		FROM device_rollout_status d
+		JOIN device_target_state t ON t.device_uuid = d.device_uuid
+		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
+		ORDER BY d.device_uuid
+		FOR UPDATE OF t`, cmd.RolloutID, cmd.Batch)
+	if err != nil {
+		return res, fmt.Errorf("read pending devices: %w", err)
+	}
+	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
+		var c candidate
+		err := row.Scan(&c.uuid, &c.version, &c.apps)
+		return c, err
+	})
+	if err != nil {
+		return res, fmt.Errorf("read pending devices: %w", err)
+	}
+
+	outcomes, writes, err := rewrite(cands, r.repository, r.newImage)
+	if err != nil {
+		return res, err
+	}
+	written, err := target.Apply(ctx, tx, writes)
+	if err != nil {
+		return res, err
+	}
+	version := make(map[string]int64, len(written))
+	for _, w := range written {
+		version[w.DeviceUUID] = w.Version
+	}
+	var schedUUIDs, skipUUIDs []string
+	var schedVersions []int64
+	for i, c := range cands {
+		switch outcomes[i] {
+		case outcomeWrite:
+			schedUUIDs, schedVersions = append(schedUUIDs, c.uuid), append(schedVersions, version[c.uuid])
+		case outcomeCurrent:
+			schedUUIDs, schedVersions = append(schedUUIDs, c.uuid), append(schedVersions, c.version)
+		case outcomeSkip:
+			skipUUIDs = append(skipUUIDs, c.uuid)
+		}
+	}
+
+	type scheduled struct {
+		uuid     string
+		oldImage *string
+		version  int64
+	}
+	var sched []scheduled
+	if len(schedUUIDs) > 0 {
+		rows, err = tx.Query(ctx, `
+			UPDATE device_rollout_status d SET
+				status = 'scheduled',
+				scheduled_at = now(),
+				target_version = v.version,
+				health_deadline = now() + make_interval(secs => $3),
+				new_image = COALESCE(d.new_image, $4),
+				new_image_tag = COALESCE(d.new_image_tag, $5),
+				error_message = NULL,
+				updated_at = now()
+			FROM unnest($6::text[], $7::bigint[]) AS v(device_uuid, version)
+			WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.device_uuid = v.device_uuid
+			  AND d.status = 'pending'
+			RETURNING d.device_uuid, d.old_image, d.target_version`,
+			cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, schedUUIDs, schedVersions)
+		if err != nil {
+			return res, fmt.Errorf("schedule devices: %w", err)
+		}
+		sched, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (scheduled, error) {
+			var x scheduled
+			err := row.Scan(&x.uuid, &x.oldImage, &x.version)
+			return x, err
+		})
+		if err != nil {
+			return res, fmt.Errorf("schedule devices: %w", err)
+		}
+	}
+	res.Scheduled = len(sched)
+
+	// Skipped: the candidates whose target no longer runs the repository, and pending devices of the
+	// batch that have no target state at all.
+	tag, err := tx.Exec(ctx, `
+		UPDATE device_rollout_status d SET
+			status = 'skipped',
+			error_message = $3,
+			completed_at = now(),
+			updated_at = now()
+		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
+		  AND (d.device_uuid = ANY($4::text[])
+		       OR NOT EXISTS (SELECT 1 FROM device_target_state t WHERE t.device_uuid = d.device_uuid))`,
+		cmd.RolloutID, cmd.Batch, "target no longer runs "+r.repository, skipUUIDs)
+	if err != nil {
+		return res, fmt.Errorf("skip devices: %w", err)
+	}
+	res.Skipped = int(tag.RowsAffected())
+
+	advanced := r.currentBatch < cmd.Batch
+	changed := res.Scheduled > 0 || res.Skipped > 0
+	if !advanced && !r.notStarted && !changed {
+		return res, nil // a redelivery: nothing to write
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE image_rollouts SET
+			current_batch = GREATEST(current_batch, $2),
+			started_at = COALESCE(started_at, now()),
+			updated_at = now()
+		WHERE rollout_id = $1`, cmd.RolloutID, cmd.Batch); err != nil {
+		return res, fmt.Errorf("advance rollout: %w", err)
+	}
+
+	evs := make([]events.Event, 0, len(sched)+2)
+	if r.notStarted {
+		evs = append(evs, events.Event{
+			Type: streams.EventRolloutStarted, RolloutID: cmd.RolloutID,
+			Message: fmt.Sprintf("rollout of %s started", r.newImage),
+			Data:    map[string]any{"batch": cmd.Batch, "total_batches": r.totalBatches, "new_image": r.newImage},
+		})
+	}
+	if advanced || changed {
+		evs = append(evs, events.Event{
+			Type: streams.EventBatchStarted, RolloutID: cmd.RolloutID,
+			Message: fmt.Sprintf("batch %d started: %d devices scheduled, %d skipped", cmd.Batch, res.Scheduled, res.Skipped),
+			Data: map[string]any{"batch": cmd.Batch, "total_batches": r.totalBatches,
+				"scheduled": res.Scheduled, "skipped": res.Skipped},
+		})
+	}
+	msg := "scheduled for " + r.newImage
+	for _, x := range sched {
+		data := deviceScheduledData{Batch: cmd.Batch, TargetVersion: x.version, NewImage: r.newImage}
+		if x.oldImage != nil {
+			data.OldImage = *x.oldImage
+		}
+		evs = append(evs, events.Event{
+			Type: streams.EventDeviceScheduled, RolloutID: cmd.RolloutID, DeviceUUID: x.uuid,
+			Message: msg, Data: data,
+		})
+	}
+	if err := events.Record(ctx, tx, s.subj, evs...); err != nil {
+		return res, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, fmt.Errorf("commit: %w", err)
+	}
+	return res, nil
+}
+
+// deviceScheduledData is the data of an image.device_scheduled event.
+type deviceScheduledData struct {
+	Batch         int    `json:"batch"`
+	TargetVersion int64  `json:"target_version"`
+	OldImage      string `json:"old_image,omitempty"`
+	NewImage      string `json:"new_image"`
+}
+
+// rewrite decides, for every candidate, whether its target is rewritten to image (only the services
+// that run repository change), already runs it, or no longer runs the repository. The JSON work is
+// spread over the available CPUs; the result is in the order of cands.
+func rewrite(cands []candidate, repository, image string) ([]outcome, []target.Write, error) {
+	outcomes := make([]outcome, len(cands))
+	apps := make([]target.Apps, len(cands))
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(cands)/256))
+	chunk := (len(cands) + workers - 1) / max(workers, 1)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		lo, hi := w*chunk, min((w+1)*chunk, len(cands))
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				o, a, err := rewriteOne(cands[i].apps, repository, image)
+				if err != nil {
+					errs[w] = fmt.Errorf("rewrite target of %s: %w", cands[i].uuid, err)
+					return
+				}
+				outcomes[i], apps[i] = o, a
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	writes := make([]target.Write, 0, len(cands))
+	for i, c := range cands {
+		if outcomes[i] == outcomeWrite {
+			writes = append(writes, target.Write{DeviceUUID: c.uuid, Apps: apps[i]})
+		}
+	}
+	return outcomes, writes, nil
+}
+
+func rewriteOne(raw []byte, repository, image string) (outcome, target.Apps, error) {
+	var apps target.Apps
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // numbers (app ids...) survive the rewrite exactly
+	if err := dec.Decode(&apps); err != nil {
+		return 0, nil, fmt.Errorf("decode apps: %w", err)
+	}
+	next, changed, _ := target.SetImage(apps, repository, image, nil)
+	if changed {
+		return outcomeWrite, next, nil
+	}
+	imgs, err := target.Images(apps)
+	if err != nil {
+		return outcomeSkip, nil, nil // unreadable services cannot run the repository
+	}
+	for _, im := range imgs {
+		if im.Ref.Repository == repository {
+			return outcomeCurrent, nil, nil
+		}
+	}
+	return outcomeSkip, nil, nil
+}
+
+// notify sends every device of the batch that is scheduled or further along its current target state
+// (what the database holds now, so a re-notification after a later change is still the truth), and
+// returns how many it notified.
+func (s *Service) notify(ctx context.Context, cmd streams.DispatchV1) (int, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT device_uuid FROM device_rollout_status
+		WHERE rollout_id = $1 AND batch_number = $2 AND status NOT IN ('pending', 'skipped')`,
+		cmd.RolloutID, cmd.Batch)
+	if err != nil {
+		return 0, fmt.Errorf("list devices to notify: %w", err)
+	}
+	uuids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("list devices to notify: %w", err)
+	}
+	cur, err := target.Load(ctx, s.pool, uuids)
+	if err != nil {
+		return 0, err
+	}
+	if err := target.Publish(ctx, s.js, s.subj, cur); err != nil {
+		return 0, err
+	}
+	return len(cur), nil
+}
