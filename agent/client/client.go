@@ -1,0 +1,216 @@
+// Package client is the agent's HTTP side of the fleetshift API (CONTRACT.md): device registration with a
+// provisioning key, the ETag-polled target state, current-state reports, and the two admin calls the
+// simulator needs to set targets. One Client (and its connection pool) serves any number of devices.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls one fleetshift server.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the server at base (e.g. http://127.0.0.1:3001). hc nil: a client with a
+// connection pool sized for many devices sharing it.
+func New(base string, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server url %q: want http(s)://host[:port]", base)
+	}
+	if hc == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns = 512
+		tr.MaxIdleConnsPerHost = 256
+		hc = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	return &Client{base: strings.TrimRight(base, "/"), http: hc}, nil
+}
+
+// StatusError is a non-2xx answer.
+type StatusError struct {
+	Method, Path string
+	Code         int
+	Body         string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: status %d: %s", e.Method, e.Path, e.Code, e.Body)
+}
+
+// IsStatus reports whether err is a StatusError with the given code.
+func IsStatus(err error, code int) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == code
+}
+
+// Identity is what a device gets at registration and keeps.
+type Identity struct {
+	UUID    string `json:"uuid"`
+	APIKey  string `json:"api_key"`
+	NATSURL string `json:"nats_url,omitempty"`
+}
+
+// Register registers a new device with a fleet provisioning key.
+func (c *Client) Register(ctx context.Context, provisioningKey, name string, tags []string) (Identity, error) {
+	body := map[string]any{"device_name": name}
+	if len(tags) > 0 {
+		body["tags"] = tags
+	}
+	var id Identity
+	h := http.Header{"Authorization": {"Bearer " + provisioningKey}}
+	if err := c.do(ctx, http.MethodPost, "/api/v1/device/register", h, body, &id); err != nil {
+		return Identity{}, fmt.Errorf("register device %q: %w", name, err)
+	}
+	if id.UUID == "" || id.APIKey == "" {
+		return Identity{}, fmt.Errorf("register device %q: answer lacks uuid or api_key", name)
+	}
+	return id, nil
+}
+
+// State is one answer of GET /api/v1/device/:uuid/state.
+type State struct {
+	Body        []byte
+	ETag        string
+	NotModified bool
+}
+
+// GetState fetches a device's target state; with etag set, an unchanged state answers NotModified.
+func (c *Client) GetState(ctx context.Context, uuid, apiKey, etag string) (State, error) {
+	path := "/api/v1/device/" + url.PathEscape(uuid) + "/state"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return State{}, fmt.Errorf("get target of %s: %w", uuid, err)
+	}
+	req.Header.Set("X-Device-API-Key", apiKey)
+	if etag != "" {
+		req.Header.Set("If-None-Match", etag)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return State{}, fmt.Errorf("get target of %s: %w", uuid, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return State{}, fmt.Errorf("get target of %s: read: %w", uuid, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotModified:
+		return State{NotModified: true, ETag: etag}, nil
+	case resp.StatusCode/100 != 2:
+		return State{}, fmt.Errorf("get target of %s: %w", uuid, &StatusError{"GET", path, resp.StatusCode, trim(b)})
+	}
+	return State{Body: b, ETag: resp.Header.Get("ETag")}, nil
+}
+
+// PatchState sends a device's current-state report (the PATCH /api/v1/device/state body).
+func (c *Client) PatchState(ctx context.Context, apiKey string, report []byte) error {
+	h := http.Header{"X-Device-API-Key": {apiKey}}
+	if err := c.do(ctx, http.MethodPatch, "/api/v1/device/state", h, json.RawMessage(report), nil); err != nil {
+		return fmt.Errorf("report state: %w", err)
+	}
+	return nil
+}
+
+// PutDeviceTarget sets a device's target (admin).
+func (c *Client) PutDeviceTarget(ctx context.Context, token, uuid string, apps any, config any) error {
+	h := http.Header{"Authorization": {"Bearer " + token}}
+	body := map[string]any{"apps": apps, "config": orEmpty(config)}
+	if err := c.do(ctx, http.MethodPut, "/api/v1/devices/"+url.PathEscape(uuid)+"/target-state", h, body, nil); err != nil {
+		return fmt.Errorf("set target of %s: %w", uuid, err)
+	}
+	return nil
+}
+
+// PutFleetTarget sets a fleet's default target (admin).
+func (c *Client) PutFleetTarget(ctx context.Context, token, fleet string, apps any, config any) error {
+	h := http.Header{"Authorization": {"Bearer " + token}}
+	body := map[string]any{"apps": apps, "config": orEmpty(config)}
+	if err := c.do(ctx, http.MethodPut, "/api/v1/fleets/"+url.PathEscape(fleet)+"/target-state", h, body, nil); err != nil {
+		return fmt.Errorf("set default target of fleet %s: %w", fleet, err)
+	}
+	return nil
+}
+
+func orEmpty(v any) any {
+	if v == nil {
+		return map[string]any{}
+	}
+	return v
+}
+
+func (c *Client) do(ctx context.Context, method, path string, h http.Header, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return &StatusError{method, path, resp.StatusCode, trim(b)}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+func trim(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+// Device is the part of GET /api/v1/devices/:uuid the agent uses.
+type Device struct {
+	UUID       string `json:"uuid"`
+	DeviceName string `json:"device_name"`
+	FleetID    string `json:"fleet_id"`
+}
+
+// GetDevice reads a device (admin).
+func (c *Client) GetDevice(ctx context.Context, token, uuid string) (Device, error) {
+	var d Device
+	h := http.Header{"Authorization": {"Bearer " + token}}
+	if err := c.do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(uuid), h, nil, &d); err != nil {
+		return Device{}, fmt.Errorf("get device %s: %w", uuid, err)
+	}
+	return d, nil
+}

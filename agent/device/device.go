@@ -1,0 +1,627 @@
+// Package device is the agent's engine for one device: it receives target states (NATS push plus a
+// JetStream read of the latest on every (re)connect, or HTTP polling with If-None-Match while NATS is
+// unreachable), applies each newer one through a runtime.Runtime, runs the services' health checks,
+// and reports the current state after every change and on a heartbeat.
+//
+// Guarantees: a target whose version is not newer than the newest one taken is ignored, whichever path
+// brought it (so duplicates and stale messages change nothing, and NATS and HTTP converge on the same
+// version); applies are serialised; a report that cannot be sent is kept (only the newest: a report is
+// a whole snapshot) and sent when a link returns.
+package device
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/agent/client"
+	"github.com/fleetshift/fleetshift/agent/health"
+	"github.com/fleetshift/fleetshift/agent/runtime"
+	"github.com/fleetshift/fleetshift/agent/wire"
+)
+
+// DefaultPrefix is the NATS subject prefix unless configured otherwise.
+const DefaultPrefix = "fleet"
+
+// Config configures one device's agent.
+type Config struct {
+	// Identity is the registered device (see Provision).
+	Identity client.Identity
+	// HTTP is the server's HTTP API; nil leaves the device without the HTTP path.
+	HTTP *client.Client
+	// NATSURL overrides the NATS url handed out at registration; DisableNATS turns NATS off.
+	NATSURL     string
+	DisableNATS bool
+	// NATSOptions are appended to the agent's own connection options.
+	NATSOptions []nats.Option
+	// Prefix is the subject prefix (default "fleet").
+	Prefix string
+	// Runtime runs the device's apps (required).
+	Runtime runtime.Runtime
+	// StateDir keeps the last applied target across restarts; empty keeps nothing.
+	StateDir string
+	// PollInterval is the HTTP poll period while NATS is unreachable (default 30s); PollJitter is the
+	// fraction each wait is randomised by (default 0.2); MaxBackoff caps the exponential backoff after
+	// errors (default 5m).
+	PollInterval time.Duration
+	PollJitter   float64
+	MaxBackoff   time.Duration
+	// Heartbeat is the period of unconditional reports (default 60s).
+	Heartbeat time.Duration
+	// RequestTimeout bounds one NATS or HTTP exchange (default 10s).
+	RequestTimeout time.Duration
+	// Silent, when it returns true, makes the device send nothing (the simulator's device gone dark).
+	Silent func() bool
+	// Seed seeds the jitter (default: derived from the uuid).
+	Seed uint64
+	Log  zerolog.Logger
+}
+
+// Stats are a device's counters, safe to read while it runs.
+type Stats struct {
+	// Version is the newest target version applied successfully.
+	Version int64
+	// Ignored counts offered targets that were not newer than the newest taken.
+	Ignored int64
+	// Applies counts applies started; ApplyErrors those that failed.
+	Applies, ApplyErrors int64
+	// ReportsSent counts reports delivered; ReportPending says one is waiting for a link.
+	ReportsSent   int64
+	ReportPending bool
+	// Polls counts HTTP polls made.
+	Polls int64
+}
+
+// Agent is one device's engine.
+type Agent struct {
+	cfg          Config
+	targetSubj   string
+	stateSubj    string
+	directGet    string
+	inboxPrefix  string
+	rng          *rand.Rand
+	boot         int64
+	mu           sync.Mutex
+	offered      *wire.DeviceTarget
+	wake         chan struct{}
+	linkUp       chan struct{}
+	version      atomic.Int64
+	ignored      atomic.Int64
+	applies      atomic.Int64
+	applyErrors  atomic.Int64
+	reportsSent  atomic.Int64
+	pendingFlag  atomic.Bool
+	polls        atomic.Int64
+	nc           *nats.Conn
+	seen         int64
+	current      wire.DeviceTarget
+	failed       *wire.DeviceTarget
+	etag         string
+	pending      []byte
+	reportSeq    int64
+	healthByName map[string]*wire.Health
+}
+
+// StreamName returns the JetStream stream holding the latest targets under prefix.
+func StreamName(prefix string) string {
+	return strings.ToUpper(strings.ReplaceAll(prefix, ".", "_")) + "_TARGETS"
+}
+
+// New validates cfg and returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Identity.UUID == "" || cfg.Identity.APIKey == "" {
+		return nil, errors.New("device agent: identity needs uuid and api_key")
+	}
+	if cfg.Runtime == nil {
+		return nil, errors.New("device agent: Runtime is required")
+	}
+	cfg.Prefix = cmp.Or(cfg.Prefix, DefaultPrefix)
+	cfg.NATSURL = cmp.Or(cfg.NATSURL, cfg.Identity.NATSURL)
+	if cfg.NATSURL == "" {
+		cfg.DisableNATS = true
+	}
+	if cfg.DisableNATS && cfg.HTTP == nil {
+		return nil, errors.New("device agent: neither NATS nor HTTP configured")
+	}
+	cfg.PollInterval = cmp.Or(cfg.PollInterval, 30*time.Second)
+	if cfg.PollJitter <= 0 {
+		cfg.PollJitter = 0.2
+	}
+	cfg.PollJitter = min(cfg.PollJitter, 0.9)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, 5*time.Minute)
+	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 60*time.Second)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 10*time.Second)
+	if cfg.Seed == 0 {
+		h := fnv.New64a()
+		h.Write([]byte(cfg.Identity.UUID))
+		cfg.Seed = h.Sum64()
+	}
+	uuid := cfg.Identity.UUID
+	a := &Agent{
+		cfg:          cfg,
+		targetSubj:   cfg.Prefix + ".device." + uuid + ".target",
+		stateSubj:    cfg.Prefix + ".device." + uuid + ".state",
+		inboxPrefix:  "_INBOX_" + uuid,
+		rng:          rand.New(rand.NewPCG(cfg.Seed, uint64(time.Now().UnixNano()))),
+		boot:         time.Now().UnixNano(),
+		wake:         make(chan struct{}, 1),
+		linkUp:       make(chan struct{}, 1),
+		healthByName: map[string]*wire.Health{},
+	}
+	a.directGet = "$JS.API.DIRECT.GET." + StreamName(cfg.Prefix) + "." + a.targetSubj
+	return a, nil
+}
+
+// Stats returns the device's counters.
+func (a *Agent) Stats() Stats {
+	return Stats{
+		Version:       a.version.Load(),
+		Ignored:       a.ignored.Load(),
+		Applies:       a.applies.Load(),
+		ApplyErrors:   a.applyErrors.Load(),
+		ReportsSent:   a.reportsSent.Load(),
+		ReportPending: a.pendingFlag.Load(),
+		Polls:         a.polls.Load(),
+	}
+}
+
+// Offer hands the agent a target from any source; it is applied only if newer than the newest taken.
+// It is safe to call from any goroutine.
+func (a *Agent) Offer(t wire.DeviceTarget) {
+	a.mu.Lock()
+	if a.offered == nil || t.Version > a.offered.Version {
+		a.offered = &t
+	} else {
+		a.ignored.Add(1)
+	}
+	a.mu.Unlock()
+	signal(a.wake)
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+type persisted struct {
+	Version int64             `json:"version"`
+	Target  wire.DeviceTarget `json:"target"`
+}
+
+func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "target.json") }
+
+func (a *Agent) load() error {
+	if a.cfg.StateDir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(a.statePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load applied target: %w", err)
+	}
+	var p persisted
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("load applied target: %w", err)
+	}
+	a.current = p.Target
+	a.seen = p.Version
+	a.version.Store(p.Version)
+	return nil
+}
+
+func (a *Agent) save() error {
+	if a.cfg.StateDir == "" {
+		return nil
+	}
+	b, err := json.Marshal(persisted{Version: a.current.Version, Target: a.current})
+	if err != nil {
+		return fmt.Errorf("save applied target: %w", err)
+	}
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("save applied target: %w", err)
+	}
+	tmp := a.statePath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save applied target: %w", err)
+	}
+	return os.Rename(tmp, a.statePath())
+}
+
+func (a *Agent) jitter(d time.Duration) time.Duration {
+	f := 1 + a.cfg.PollJitter*(2*a.rng.Float64()-1)
+	return time.Duration(float64(d) * f)
+}
+
+func (a *Agent) connectNATS() error {
+	opts := []nats.Option{
+		nats.Name("fleetshift-agent " + a.cfg.Identity.UUID),
+		nats.UserInfo(a.cfg.Identity.UUID, a.cfg.Identity.APIKey),
+		nats.CustomInboxPrefix(a.inboxPrefix),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(2 * time.Second),
+		nats.ReconnectJitter(3*time.Second, 5*time.Second),
+		nats.IgnoreAuthErrorAbort(),
+		// No buffering while disconnected: a report that cannot go now stays pending in the agent.
+		nats.ReconnectBufSize(-1),
+		nats.ConnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
+		nats.ReconnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.cfg.Log.Debug().Err(err).Msg("nats disconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			a.cfg.Log.Warn().Err(err).Msg("nats error")
+		}),
+	}
+	nc, err := nats.Connect(a.cfg.NATSURL, append(opts, a.cfg.NATSOptions...)...)
+	if err != nil {
+		return fmt.Errorf("connect to nats %s: %w", a.cfg.NATSURL, err)
+	}
+	if _, err := nc.Subscribe(a.targetSubj, func(m *nats.Msg) {
+		dt, err := wire.ParseTarget(m.Data, a.cfg.Identity.UUID)
+		if err != nil {
+			a.cfg.Log.Warn().Err(err).Msg("ignoring unreadable target message")
+			return
+		}
+		a.Offer(dt)
+	}); err != nil {
+		nc.Close()
+		return fmt.Errorf("subscribe %s: %w", a.targetSubj, err)
+	}
+	a.nc = nc
+	return nil
+}
+
+// fetchLatest reads the newest target message kept in JetStream for this device.
+func (a *Agent) fetchLatest(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(ctx, a.directGet, nil)
+	if err != nil {
+		return fmt.Errorf("read latest target: %w", err)
+	}
+	switch st := m.Header.Get("Status"); st {
+	case "":
+	case "404":
+		return nil // nothing published yet
+	default:
+		return fmt.Errorf("read latest target: status %s %s", st, m.Header.Get("Description"))
+	}
+	dt, err := wire.ParseTarget(m.Data, a.cfg.Identity.UUID)
+	if err != nil {
+		return fmt.Errorf("read latest target: %w", err)
+	}
+	a.Offer(dt)
+	return nil
+}
+
+func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.IsConnected() }
+
+type applyResult struct {
+	target wire.DeviceTarget
+	err    error
+}
+
+type healthResult struct {
+	version int64
+	results map[string]*wire.Health
+}
+
+// Run runs the device until ctx ends; it returns nil on a clean stop.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.load(); err != nil {
+		return err
+	}
+	log := a.cfg.Log
+	if !a.cfg.DisableNATS {
+		if err := a.connectNATS(); err != nil {
+			return err
+		}
+		defer a.nc.Close()
+	}
+	natsSynced := false
+	firstPoll := time.Duration(0)
+	if !a.cfg.DisableNATS {
+		// Give NATS a moment before falling back to HTTP; spread a fleet's first polls.
+		firstPoll = time.Duration(a.rng.Float64() * float64(a.cfg.PollInterval))
+	}
+	pollTimer := time.NewTimer(firstPoll)
+	defer pollTimer.Stop()
+	hbTimer := time.NewTimer(a.jitter(a.cfg.Heartbeat))
+	defer hbTimer.Stop()
+	retryTimer := time.NewTimer(time.Hour)
+	retryTimer.Stop()
+	defer retryTimer.Stop()
+	pollFails, applyFails := 0, 0
+	applyDone := make(chan applyResult, 1)
+	healthDone := make(chan healthResult, 1)
+	applying := false
+	var healthCancel context.CancelFunc = func() {}
+	defer func() { healthCancel() }()
+
+	startApply := func(t wire.DeviceTarget) {
+		applying = true
+		a.applies.Add(1)
+		healthCancel()
+		go func() {
+			err := a.cfg.Runtime.Apply(ctx, t)
+			applyDone <- applyResult{t, err}
+		}()
+	}
+	takeOffer := func() {
+		if applying {
+			return
+		}
+		a.mu.Lock()
+		t := a.offered
+		a.offered = nil
+		a.mu.Unlock()
+		if t == nil {
+			return
+		}
+		if t.Version <= a.seen {
+			a.ignored.Add(1)
+			return
+		}
+		a.seen = t.Version
+		a.failed = nil
+		log.Info().Int64("version", t.Version).Msg("applying target")
+		startApply(*t)
+	}
+
+	a.report(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.linkUp:
+			natsSynced = false
+			if err := a.fetchLatest(ctx); err != nil {
+				log.Warn().Err(err).Msg("nats connected but latest target unreadable; HTTP polling continues")
+			} else {
+				natsSynced = true
+			}
+			a.flush(ctx)
+		case <-a.wake:
+			takeOffer()
+		case <-pollTimer.C:
+			next := a.jitter(a.cfg.PollInterval)
+			if a.cfg.HTTP != nil && !(natsSynced && a.natsUp()) {
+				if err := a.poll(ctx); err != nil {
+					pollFails++
+					next = a.jitter(min(a.cfg.PollInterval<<min(pollFails, 20), a.cfg.MaxBackoff))
+					log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
+				} else {
+					pollFails = 0
+					a.flush(ctx) // the link is back: send what waited
+				}
+			}
+			pollTimer.Reset(next)
+		case <-hbTimer.C:
+			a.report(ctx)
+			hbTimer.Reset(a.jitter(a.cfg.Heartbeat))
+		case <-retryTimer.C:
+			if !applying && a.failed != nil {
+				startApply(*a.failed)
+			}
+		case r := <-applyDone:
+			applying = false
+			if r.err != nil {
+				a.applyErrors.Add(1)
+				applyFails++
+				a.failed = &r.target
+				retryTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(applyFails, 20), a.cfg.MaxBackoff)))
+				log.Warn().Err(r.err).Int64("version", r.target.Version).Msg("apply failed; will retry")
+			} else {
+				applyFails = 0
+				a.failed = nil
+				a.current = r.target
+				a.version.Store(r.target.Version)
+				if err := a.save(); err != nil {
+					log.Warn().Err(err).Msg("keep applied target")
+				}
+				hctx, cancel := context.WithCancel(ctx)
+				healthCancel = cancel
+				a.startHealth(hctx, r.target, healthDone)
+			}
+			a.report(ctx)
+			takeOffer()
+		case h := <-healthDone:
+			if h.version == a.current.Version {
+				maps.Copy(a.healthByName, h.results)
+				a.report(ctx)
+			}
+		}
+	}
+}
+
+func (a *Agent) poll(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	a.polls.Add(1)
+	st, err := a.cfg.HTTP.GetState(ctx, a.cfg.Identity.UUID, a.cfg.Identity.APIKey, a.etag)
+	if err != nil {
+		return err
+	}
+	if st.NotModified {
+		return nil
+	}
+	dt, err := wire.ParseTarget(st.Body, a.cfg.Identity.UUID)
+	if err != nil {
+		return fmt.Errorf("poll target: %w", err)
+	}
+	a.etag = st.ETag
+	a.Offer(dt)
+	return nil
+}
+
+// startHealth runs the health checks of target's services, reporting "starting" until they finish.
+func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<- healthResult) {
+	clear(a.healthByName)
+	type job struct {
+		key  string
+		cfg  health.Config
+		app  string
+		name string
+	}
+	var jobs []job
+	for _, appID := range slices.Sorted(maps.Keys(t.Apps)) {
+		for _, s := range t.Apps[appID].Services {
+			raw := s.HealthCheckJSON()
+			if raw == nil {
+				continue
+			}
+			key := appID + "/" + s.ServiceName
+			c, err := health.Parse(raw)
+			if err != nil {
+				a.healthByName[key] = &wire.Health{Status: wire.Unhealthy, Details: map[string]any{"detail": err.Error()}}
+				continue
+			}
+			a.healthByName[key] = &wire.Health{Status: wire.Starting}
+			jobs = append(jobs, job{key, c, appID, s.ServiceName})
+		}
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	go func() {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		results := map[string]*wire.Health{}
+		for _, j := range jobs {
+			wg.Go(func() {
+				probe := func(ctx context.Context) (string, string, error) { return a.containerState(ctx, j.app, j.name) }
+				r := health.Run(ctx, j.cfg, probe)
+				mu.Lock()
+				results[j.key] = r.Health()
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return // superseded by a newer apply
+		}
+		select {
+		case done <- healthResult{version: t.Version, results: results}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+func (a *Agent) containerState(ctx context.Context, app, service string) (string, string, error) {
+	apps, err := a.cfg.Runtime.State(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	for _, s := range apps[app].Services {
+		if s.ServiceName == service {
+			h := ""
+			if s.Health != nil {
+				h = s.Health.Status
+			}
+			return s.Status, h, nil
+		}
+	}
+	return "missing", "", nil
+}
+
+// report builds the current state and sends it (or keeps it until a link returns).
+func (a *Agent) report(ctx context.Context) {
+	apps, err := a.cfg.Runtime.State(ctx)
+	if err != nil {
+		a.cfg.Log.Warn().Err(err).Msg("read runtime state")
+		return
+	}
+	for appID, ra := range apps {
+		for i, s := range ra.Services {
+			if h, ok := a.healthByName[appID+"/"+s.ServiceName]; ok {
+				ra.Services[i].Health = h
+			}
+		}
+		apps[appID] = ra
+	}
+	body, err := json.Marshal(wire.Report{a.cfg.Identity.UUID: {Apps: apps, Version: a.current.Version}})
+	if err != nil {
+		a.cfg.Log.Warn().Err(err).Msg("encode report")
+		return
+	}
+	a.pending = body
+	a.reportSeq++
+	a.pendingFlag.Store(true)
+	a.flush(ctx)
+}
+
+// flush sends the pending report over NATS (acknowledged by JetStream) or else HTTP.
+func (a *Agent) flush(ctx context.Context) {
+	if a.pending == nil {
+		return
+	}
+	if a.cfg.Silent != nil && a.cfg.Silent() {
+		a.pending = nil
+		a.pendingFlag.Store(false)
+		return
+	}
+	sent := false
+	if a.natsUp() {
+		if err := a.publish(ctx); err != nil {
+			a.cfg.Log.Debug().Err(err).Msg("report over nats failed")
+		} else {
+			sent = true
+		}
+	}
+	if !sent && a.cfg.HTTP != nil {
+		hctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+		err := a.cfg.HTTP.PatchState(hctx, a.cfg.Identity.APIKey, a.pending)
+		cancel()
+		if err != nil {
+			a.cfg.Log.Debug().Err(err).Msg("report over http failed; kept for later")
+		} else {
+			sent = true
+		}
+	}
+	if sent {
+		a.pending = nil
+		a.pendingFlag.Store(false)
+		a.reportsSent.Add(1)
+	}
+}
+
+func (a *Agent) publish(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	m := nats.NewMsg(a.stateSubj)
+	m.Data = a.pending
+	m.Header.Set("Nats-Msg-Id", fmt.Sprintf("%s-%d-%d", a.cfg.Identity.UUID, a.boot, a.reportSeq))
+	resp, err := a.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return fmt.Errorf("publish report: %w", err)
+	}
+	var ack struct {
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Data, &ack); err == nil && ack.Error != nil {
+		return fmt.Errorf("publish report: %s", ack.Error.Description)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+// Package wire holds the JSON shapes the agent exchanges with a fleetshift server (CONTRACT.md): the
+// target state a device receives and the current-state report it sends. The agent module copies them
+// instead of importing the server's modules so that it builds and ships on its own.
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Target is the document GET /api/v1/device/:uuid/state returns and fleet.device.<uuid>.target carries:
+// device uuid -> that device's target.
+type Target map[string]DeviceTarget
+
+// DeviceTarget is one device's target state. Version only ever grows; a device never applies a version
+// that is not newer than the one it has.
+type DeviceTarget struct {
+	Apps    map[string]App  `json:"apps"`
+	Config  json.RawMessage `json:"config,omitempty"`
+	Version int64           `json:"version"`
+}
+
+// App is one application of a target: a set of services run together (one compose project).
+type App struct {
+	AppID    json.RawMessage `json:"appId,omitempty"`
+	AppName  string          `json:"appName,omitempty"`
+	Services []Service       `json:"services"`
+}
+
+// Service is one container of an app.
+type Service struct {
+	ServiceID   json.RawMessage `json:"serviceId,omitempty"`
+	ServiceName string          `json:"serviceName"`
+	ImageName   string          `json:"imageName"`
+	// Config is the container configuration (compose keys such as environment, ports, labels); config.image
+	// stands in for imageName when that is empty.
+	Config map[string]any `json:"config,omitempty"`
+	// HealthCheck is the device-side health check for this service (see package health); it may also be
+	// given as config.healthCheck.
+	HealthCheck json.RawMessage `json:"healthCheck,omitempty"`
+	// UpdateStrategy is download-then-kill (default) or kill-then-download; it may also be given as the
+	// label io.fleetshift.update-strategy or io.balena.update.strategy in config.labels.
+	UpdateStrategy string `json:"updateStrategy,omitempty"`
+}
+
+// Image returns the image the service runs: imageName, else config.image.
+func (s Service) Image() string {
+	if s.ImageName != "" {
+		return s.ImageName
+	}
+	img, _ := s.Config["image"].(string)
+	return img
+}
+
+// Update strategies.
+const (
+	DownloadThenKill = "download-then-kill"
+	KillThenDownload = "kill-then-download"
+)
+
+// Strategy returns the service's update strategy, download-then-kill unless it asks otherwise.
+func (s Service) Strategy() string {
+	st := s.UpdateStrategy
+	if st == "" {
+		if labels, ok := s.Config["labels"].(map[string]any); ok {
+			for _, k := range []string{"io.fleetshift.update-strategy", "io.balena.update.strategy"} {
+				if v, ok := labels[k].(string); ok && v != "" {
+					st = v
+					break
+				}
+			}
+		}
+	}
+	if st == KillThenDownload {
+		return KillThenDownload
+	}
+	return DownloadThenKill
+}
+
+// HealthCheckJSON returns the service's health-check document, or nil when it has none.
+func (s Service) HealthCheckJSON() json.RawMessage {
+	if len(s.HealthCheck) > 0 && string(s.HealthCheck) != "null" {
+		return s.HealthCheck
+	}
+	if hc, ok := s.Config["healthCheck"]; ok && hc != nil {
+		b, err := json.Marshal(hc)
+		if err == nil {
+			return b
+		}
+	}
+	return nil
+}
+
+// ParseTarget decodes a target document and returns the entry for uuid.
+func ParseTarget(b []byte, uuid string) (DeviceTarget, error) {
+	var t Target
+	if err := json.Unmarshal(b, &t); err != nil {
+		return DeviceTarget{}, fmt.Errorf("decode target: %w", err)
+	}
+	dt, ok := t[uuid]
+	if !ok {
+		return DeviceTarget{}, fmt.Errorf("decode target: no entry for device %s", uuid)
+	}
+	return dt, nil
+}
+
+// Report is the PATCH /api/v1/device/state body, also published on fleet.device.<uuid>.state:
+// device uuid -> its current state.
+type Report map[string]DeviceReport
+
+// DeviceReport is one device's current state.
+type DeviceReport struct {
+	Apps map[string]ReportedApp `json:"apps"`
+	// Version is the target version the device has applied.
+	Version int64 `json:"version"`
+}
+
+// ReportedApp is one app as it runs.
+type ReportedApp struct {
+	AppID    json.RawMessage   `json:"appId,omitempty"`
+	AppName  string            `json:"appName,omitempty"`
+	Services []ReportedService `json:"services"`
+}
+
+// ReportedService is one service as it runs.
+type ReportedService struct {
+	ServiceName string  `json:"serviceName"`
+	ImageName   string  `json:"imageName"`
+	Status      string  `json:"status"`
+	Health      *Health `json:"health,omitempty"`
+	// Error says why the service is not on its target (a failed pull, a failed start).
+	Error string `json:"error,omitempty"`
+}
+
+// Health statuses.
+const (
+	Healthy   = "healthy"
+	Unhealthy = "unhealthy"
+	Starting  = "starting"
+)
+
+// Health is a service's health as the device's checks see it.
+type Health struct {
+	Status  string `json:"status"`
+	Details any    `json:"details,omitempty"`
+}
