@@ -139,7 +139,9 @@ func (e *env) do(method, path string, body any, headers map[string]string) respo
 	return response{status: res.StatusCode, body: b, header: res.Header}
 }
 
-func bearer(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
+func bearer(token string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + token}
+}
 
 func admin() map[string]string { return bearer(adminToken) }
 
