@@ -117,7 +117,7 @@ func (s *Service) getRollout(c *fiber.Ctx) error {
 	var doc json.RawMessage
 	err = s.cfg.Pool.QueryRow(c.UserContext(), `SELECT `+rolloutJSON+` || jsonb_build_object('batches', coalesce((
 			SELECT jsonb_agg(b ORDER BY b.batch) FROM (
-				SELECT batch_number AS batch, count(*) AS total, jsonb_object_agg_strict(status, n) AS statuses
+				SELECT batch_number AS batch, sum(n) AS total, jsonb_object_agg(status, n) AS statuses
 				FROM (SELECT batch_number, status, count(*) AS n FROM device_rollout_status
 				      WHERE rollout_id = r.rollout_id GROUP BY batch_number, status) x
 				GROUP BY batch_number) b), '[]'::jsonb))
