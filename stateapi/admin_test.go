@@ -363,3 +363,28 @@ func TestDeviceAdmin(t *testing.T) {
 
 	require.Equal(t, 200, e.do("GET", "/healthz", nil, nil).status)
 }
+
+func TestPreviewWritesNothing(t *testing.T) {
+	t.Parallel()
+	e := setup(t, options{})
+	for i := range 3 {
+		id, _ := e.createDevice(map[string]any{"device_name": fmt.Sprintf("d%d", i)})
+		require.Equal(t, 200, e.do("PUT", "/api/v1/devices/"+id+"/target-state", map[string]any{"apps": appsWith("acme/app:1.0")}, admin()).status)
+	}
+	res := e.do("POST", "/api/v1/image-policies", map[string]any{"image_pattern": "acme/app:*", "update_strategy": "staged"}, admin())
+	require.Equal(t, 201, res.status, string(res.body))
+
+	res = e.do("POST", "/api/v1/rollouts/preview", map[string]any{"image": "acme/app:1.1"}, bearer(adminToken))
+	require.Equal(t, 200, res.status, string(res.body))
+	m := res.json(t)
+	require.NotNil(t, m["policy"])
+	require.EqualValues(t, 3, m["total_devices"])
+
+	var n int
+	require.NoError(t, e.db.Pool.QueryRow(e.ctx, `SELECT count(*) FROM image_rollouts`).Scan(&n))
+	require.Zero(t, n)
+	res = e.do("POST", "/api/v1/rollouts/preview", map[string]any{"image": "acme/app"}, admin())
+	require.Equal(t, "invalid_image", res.errorCode(t))
+	res = e.do("POST", "/api/v1/rollouts/preview", map[string]any{"image": "acme/app:1", "digest": "md5:x"}, admin())
+	require.Equal(t, "invalid_digest", res.errorCode(t))
+}

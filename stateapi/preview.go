@@ -1,16 +1,13 @@
 package stateapi
 
 import (
-	"strings"
-
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/fleetshift/fleetshift/shared/apierr"
-	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/planner"
 )
 
-// preview: POST /api/v1/rollouts/preview {"image": "repo:tag", "digest"?} -> what a push would do,
-// writing nothing.
+// preview: POST /api/v1/rollouts/preview {"image": "repo:tag", "digest"?} -> the matching policy and each
+// affected device with its batch, writing nothing (planner.Preview: the same plan the real push makes).
 func (s *Service) preview(c *fiber.Ctx) error {
 	var req struct {
 		Image  string `json:"image"`
@@ -19,16 +16,9 @@ func (s *Service) preview(c *fiber.Ctx) error {
 	if err := decodeBody(c, &req, true); err != nil {
 		return err
 	}
-	req.Image, req.Digest = strings.TrimSpace(req.Image), strings.TrimSpace(req.Digest)
-	ref, err := imageref.Parse(req.Image)
+	out, err := planner.Preview(c.UserContext(), s.cfg.Pool, req.Image, req.Digest)
 	if err != nil {
-		return apierr.Invalid("image", "%v", err)
+		return err
 	}
-	if ref.Tag == "" {
-		return apierr.Invalid("image", "needs a tag: repo:tag")
-	}
-	if req.Digest != "" && !strings.HasPrefix(req.Digest, "sha256:") {
-		return apierr.Invalid("digest", "want sha256:<hex>")
-	}
-	return apierr.New(apierr.ErrUnavailable, "preview_unavailable", "preview is not available yet")
+	return c.JSON(out)
 }
