@@ -295,13 +295,27 @@ func rewrite(cands []candidate, repository, image string) ([]outcome, []target.W
 	for w := range workers {
 		lo, hi := w*chunk, min((w+1)*chunk, len(cands))
 		wg.Go(func() {
+			// Devices of a fleet mostly share one target document: rewrite each distinct one once.
+			// The rewritten Apps are only read afterwards, so devices may share them.
+			type done struct {
+				o outcome
+				a target.Apps
+			}
+			seen := make(map[string]done)
 			for i := lo; i < hi; i++ {
+				if d, ok := seen[string(cands[i].apps)]; ok {
+					outcomes[i], apps[i] = d.o, d.a
+					continue
+				}
 				o, a, err := rewriteOne(cands[i].apps, repository, image)
 				if err != nil {
 					errs[w] = fmt.Errorf("rewrite target of %s: %w", cands[i].uuid, err)
 					return
 				}
 				outcomes[i], apps[i] = o, a
+				if len(seen) < rewriteCacheSize {
+					seen[string(cands[i].apps)] = done{o, a}
+				}
 			}
 		})
 	}
@@ -317,6 +331,9 @@ func rewrite(cands []candidate, repository, image string) ([]outcome, []target.W
 	}
 	return outcomes, writes, nil
 }
+
+// rewriteCacheSize bounds how many distinct target documents one rewrite worker remembers.
+const rewriteCacheSize = 512
 
 func rewriteOne(raw []byte, repository, image string) (outcome, target.Apps, error) {
 	var apps target.Apps
