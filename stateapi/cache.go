@@ -28,6 +28,16 @@ type deviceCache struct {
 type cacheShard struct {
 	mu sync.RWMutex
 	m  map[string]cacheEntry
+	// pending are database reads in flight for devices without an entry: a target message arriving
+	// meanwhile must not be lost, or the read would cache a version already superseded.
+	pending map[string]*fill
+}
+
+// fill is one in-flight database read for a device (see begin).
+type fill struct {
+	uuid      string
+	refs      int
+	announced int64 // highest version announced while the read was in flight
 }
 
 type cacheEntry struct {
@@ -49,6 +59,7 @@ func newDeviceCache(ttl time.Duration, maxBody int) *deviceCache {
 	c := &deviceCache{seed: maphash.MakeSeed(), ttl: int64(ttl), maxBody: maxBody}
 	for i := range c.shards {
 		c.shards[i].m = map[string]cacheEntry{}
+		c.shards[i].pending = map[string]*fill{}
 	}
 	return c
 }
@@ -95,26 +106,58 @@ func (c *deviceCache) keyMatches(uuid string, keyHash [32]byte, now time.Time) b
 	return found && now.UnixNano()-e.checkedAt <= c.ttl && subtle.ConstantTimeCompare(e.keyHash[:], keyHash[:]) == 1
 }
 
-// store records what the database said about uuid at version. A read older than a version already
-// announced by a target message leaves the entry stale, so the next poll reads again.
-func (c *deviceCache) store(uuid string, keyHash [32]byte, version int64, etag string, body []byte, now time.Time) {
+// begin registers a database read of uuid about to start; pass the result to store and always to end.
+// It returns nil when the cache is not live.
+func (c *deviceCache) begin(uuid string) *fill {
 	if !c.live.Load() {
+		return nil
+	}
+	sh := c.shard(uuid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	f := sh.pending[uuid]
+	if f == nil {
+		f = &fill{uuid: uuid}
+		sh.pending[uuid] = f
+	}
+	f.refs++
+	return f
+}
+
+// end unregisters a read begun with begin.
+func (c *deviceCache) end(f *fill) {
+	if f == nil {
+		return
+	}
+	sh := c.shard(f.uuid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if f.refs--; f.refs <= 0 && sh.pending[f.uuid] == f {
+		delete(sh.pending, f.uuid)
+	}
+}
+
+// store records what a database read begun with f said about its device at version. A read older than
+// a version announced meanwhile (or before) leaves the entry stale, so the next poll reads again.
+func (c *deviceCache) store(f *fill, keyHash [32]byte, version int64, etag string, body []byte, now time.Time) {
+	if f == nil || !c.live.Load() {
 		return
 	}
 	if len(body) > c.maxBody {
 		body = nil
 	}
-	sh := c.shard(uuid)
+	sh := c.shard(f.uuid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, found := sh.m[uuid]
-	if found && e.version > version {
-		// A newer version exists; keep the key, leave the target stale.
-		e.keyHash, e.checkedAt = keyHash, now.UnixNano()
-		sh.m[uuid] = e
-		return
+	known := f.announced
+	if e, found := sh.m[f.uuid]; found {
+		known = max(known, e.version)
 	}
-	sh.m[uuid] = cacheEntry{keyHash: keyHash, version: version, etagVersion: version, etag: etag, body: body, checkedAt: now.UnixNano()}
+	e := cacheEntry{keyHash: keyHash, version: version, etagVersion: version, etag: etag, body: body, checkedAt: now.UnixNano()}
+	if known > version {
+		e.version, e.body = known, nil // stale from the start: keep the key, not the target
+	}
+	sh.m[f.uuid] = e
 }
 
 // announce records that uuid's target reached version (from a target message). A cached entry with an
@@ -124,7 +167,13 @@ func (c *deviceCache) announce(uuid string, version int64) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e, found := sh.m[uuid]
-	if !found || version <= e.version {
+	if !found {
+		if f := sh.pending[uuid]; f != nil {
+			f.announced = max(f.announced, version)
+		}
+		return
+	}
+	if version <= e.version {
 		return
 	}
 	e.version = version
@@ -132,13 +181,14 @@ func (c *deviceCache) announce(uuid string, version int64) {
 	sh.m[uuid] = e
 }
 
-// has reports whether uuid has an entry.
+// has reports whether uuid has an entry or a database read in flight.
 func (c *deviceCache) has(uuid string) bool {
 	sh := c.shard(uuid)
 	sh.mu.RLock()
 	_, ok := sh.m[uuid]
+	pending := len(sh.pending) > 0 && sh.pending[uuid] != nil
 	sh.mu.RUnlock()
-	return ok
+	return ok || pending
 }
 
 // evict forgets uuid (revoked or deleted).

@@ -165,6 +165,8 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 		}
 	}
 	ctx := c.UserContext()
+	f := s.cache.begin(id)
+	defer s.cache.end(f)
 	var (
 		stored         []byte
 		revoked        bool
@@ -189,7 +191,7 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.cache.store(id, hash, version, etag, body, now)
+	s.cache.store(f, hash, version, etag, body, now)
 	if noneMatch(inm, etag) {
 		return notModified(c, etag)
 	}

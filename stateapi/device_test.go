@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetshift/fleetshift/shared/broker"
+	"github.com/fleetshift/fleetshift/shared/natstest"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
 	"github.com/fleetshift/fleetshift/shared/wait"
 	"github.com/fleetshift/fleetshift/streams"
@@ -277,4 +280,42 @@ func TestReportStoredAndPublished(t *testing.T) {
 	require.Equal(t, 400, e.do("PATCH", "/api/v1/device/state", "{", bearer(key)).status)
 	require.Equal(t, 400, e.do("PATCH", "/api/v1/device/state", map[string]any{id: map[string]any{"apps": "x"}}, bearer(key)).status)
 	require.Equal(t, 400, e.do("PATCH", "/api/v1/device/state", map[string]any{}, bearer(key)).status)
+}
+
+// Without NATS the cache cannot learn of new targets, so it stops answering and polls read the database.
+func TestCacheOffWhileNATSDisconnected(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ns := natstest.New(t)
+	nc, err := broker.Connect(ns.URL, "stateapi-test", natstest.Creds())
+	require.NoError(t, err)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	tracer := &countingTracer{}
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	require.NoError(t, err)
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	e := setup(t, options{db: db, pool: pool, nats: &natstest.Server{NC: nc, JS: js, Subjects: ns.Subjects, URL: ns.URL}})
+	id, key := e.createDevice(map[string]any{"device_name": "a"})
+	h := map[string]string{"X-Device-API-Key": key}
+	res := e.do("GET", "/api/v1/device/"+id+"/state", nil, h)
+	h["If-None-Match"] = res.header.Get("ETag")
+	before := tracer.n.Load()
+	require.Equal(t, 304, e.do("GET", "/api/v1/device/"+id+"/state", nil, h).status)
+	require.Equal(t, before, tracer.n.Load())
+
+	nc.Close()
+	wait.For(t, 10*time.Second, func() error {
+		before := tracer.n.Load()
+		if st := e.do("GET", "/api/v1/device/"+id+"/state", nil, h).status; st != 304 {
+			return fmt.Errorf("status %d", st)
+		}
+		if tracer.n.Load() == before {
+			return errors.New("still answered from memory")
+		}
+		return nil
+	})
 }

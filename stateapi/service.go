@@ -118,12 +118,24 @@ func (s *Service) Run(ctx context.Context) error {
 			_ = revoked.Unsubscribe()
 			return nil
 		case <-tick.C:
+			if !s.cfg.NC.IsConnected() {
+				// Target messages cannot arrive: answer from the database until they can.
+				if s.cache.live.Load() {
+					s.log.Warn().Msg("device poll cache off: NATS disconnected")
+					s.cache.setLive(false)
+				}
+				continue
+			}
 			r := s.cfg.NC.Stats().Reconnects
 			d, _ := targets.Dropped()
-			if r != reconnects || d != dropped || !s.cfg.NC.IsConnected() {
+			if r != reconnects || d != dropped {
 				s.log.Warn().Uint64("reconnects", r).Int("dropped", d).Msg("device poll cache flushed: target messages may have been missed")
 				s.cache.flush()
 				reconnects, dropped = r, d
+			}
+			if !s.cache.live.Load() {
+				s.log.Info().Msg("device poll cache live again")
+				s.cache.setLive(true)
 			}
 		}
 	}
