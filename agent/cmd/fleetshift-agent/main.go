@@ -59,8 +59,8 @@ func rootCmd() *cobra.Command {
 func runCmd() *cobra.Command {
 	var (
 		server, natsURL, provKey, name, stateDir, prefix, docker, logLevel, transport string
-		tags                                                                         []string
-		poll, heartbeat, lockTimeout                                                 time.Duration
+		tags                                                                          []string
+		poll, heartbeat, lockTimeout                                                  time.Duration
 	)
 	host, _ := os.Hostname()
 	cmd := &cobra.Command{

@@ -49,7 +49,9 @@ type Config struct {
 	LockStale time.Duration
 	// LockPoll is how often a held lock is checked again (default 1s).
 	LockPoll time.Duration
-	Log      zerolog.Logger
+	// OnDefer, when set, is called when an update of appID starts waiting for its held lock.
+	OnDefer func(appID string)
+	Log     zerolog.Logger
 }
 
 // Runtime is the Docker Compose runtime. It is safe for concurrent use; applies are serialised.
@@ -244,6 +246,9 @@ func (r *Runtime) waitLock(ctx context.Context, id string) error {
 		return nil
 	}
 	r.cfg.Log.Info().Str("app", id).Str("lock", path).Msg("update lock held; deferring update")
+	if r.cfg.OnDefer != nil {
+		r.cfg.OnDefer(id)
+	}
 	deadline := time.NewTimer(r.cfg.LockTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(r.cfg.LockPoll)
