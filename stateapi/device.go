@@ -43,6 +43,7 @@ func (s *Service) register(c *fiber.Ctx) error {
 		return err
 	}
 	ctx := c.UserContext()
+	hash := auth.HashKey(key)
 	var resp struct {
 		UUID    string `json:"uuid"`
 		APIKey  string `json:"api_key"`
@@ -50,14 +51,15 @@ func (s *Service) register(c *fiber.Ctx) error {
 	}
 	var written []target.Written
 	err := pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
+		// Check the key without locking it, write the device, and only then count it against the key:
+		// the key's row lock is held just until commit, so registrations into one fleet run in parallel.
+		refused := apierr.New(apierr.ErrUnauthorized, "unauthorized", "provisioning key unknown, revoked, expired or used up")
+		const usable = `key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+			AND (max_devices IS NULL OR devices_registered < max_devices)`
 		var keyID, fleetID string
-		err := tx.QueryRow(ctx, `UPDATE provisioning_keys SET devices_registered = devices_registered + 1
-			WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-			  AND (max_devices IS NULL OR devices_registered < max_devices)
-			RETURNING id::text, fleet_id`, auth.HashKey(key)).Scan(&keyID, &fleetID)
+		err := tx.QueryRow(ctx, `SELECT id::text, fleet_id FROM provisioning_keys WHERE `+usable, hash).Scan(&keyID, &fleetID)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return apierr.New(apierr.ErrUnauthorized, "unauthorized",
-				"provisioning key unknown, revoked, expired or used up")
+			return refused
 		}
 		if err != nil {
 			return fmt.Errorf("check provisioning key: %w", err)
@@ -66,6 +68,14 @@ func (s *Service) register(c *fiber.Ctx) error {
 			Tags: req.Tags, ProvisioningKeyID: keyID})
 		if err != nil {
 			return err
+		}
+		// Conditional on the same checks: a concurrent registration may have used the last slot.
+		tag, err := tx.Exec(ctx, `UPDATE provisioning_keys SET devices_registered = devices_registered + 1 WHERE `+usable, hash)
+		if err != nil {
+			return fmt.Errorf("count registration against provisioning key %s: %w", keyID, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return refused
 		}
 		resp.UUID, resp.APIKey, written = d.UUID, d.APIKey, d.Written
 		return nil

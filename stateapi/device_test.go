@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -318,4 +319,32 @@ func TestCacheOffWhileNATSDisconnected(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestConcurrentRegistrationsRespectMaxDevices(t *testing.T) {
+	t.Parallel()
+	e := setup(t, options{})
+	res := e.do("POST", "/api/v1/provisioning-keys", map[string]any{"fleet_id": "f", "max_devices": 3}, admin())
+	key := res.json(t)["key"].(string)
+	statuses := make(chan int, 10)
+	for i := range 10 {
+		go func() {
+			req := httptest.NewRequest("POST", "/api/v1/device/register", strings.NewReader(fmt.Sprintf(`{"device_name":"d%d"}`, i)))
+			req.Header.Set("Authorization", "Bearer "+key)
+			resp, err := e.app.Test(req, -1)
+			if err != nil {
+				statuses <- 0
+				return
+			}
+			statuses <- resp.StatusCode
+		}()
+	}
+	counts := map[int]int{}
+	for range 10 {
+		counts[<-statuses]++
+	}
+	require.Equal(t, map[int]int{201: 3, 401: 7}, counts)
+	var n int
+	require.NoError(t, e.db.Pool.QueryRow(e.ctx, `SELECT count(*) FROM devices`).Scan(&n))
+	require.Equal(t, 3, n)
 }
