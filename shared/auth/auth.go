@@ -165,6 +165,16 @@ func (o *Operators) Authenticate(ctx context.Context, token string) (Principal, 
 	return p, nil
 }
 
+// ScopeOf authenticates token and returns its scope's name ("read", "operate", "admin"), in the shape
+// natsauth.Config.Operators wants, so NATS connections are checked exactly like HTTP requests.
+func (o *Operators) ScopeOf(ctx context.Context, token string) (string, error) {
+	p, err := o.Authenticate(ctx, token)
+	if err != nil {
+		return "", err
+	}
+	return p.Scope.String(), nil
+}
+
 func (o *Operators) remember(h [32]byte, e cacheEntry) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
