@@ -103,7 +103,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	var r rollout
 	err = tx.QueryRow(ctx, `
 		SELECT r.status, r.repository, r.new_image, r.new_tag, r.current_batch, r.total_batches,
-		       r.started_at IS NULL,
+		       r.current_batch = 0, -- never dispatched: the planner sets started_at, so it cannot tell
 		       COALESCE(CASE WHEN jsonb_typeof(r.policy->'health_check_timeout_seconds') = 'number'
 		                     THEN (r.policy->>'health_check_timeout_seconds')::double precision END,
 		                p.health_check_timeout_seconds, 300)

@@ -27,6 +27,7 @@ import (
 	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
 	"github.com/fleetshift/fleetshift/migrations"
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/broker"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
@@ -215,7 +216,8 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
-		AdminToken: s.AdminToken, WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune}
+		AdminToken: s.AdminToken, WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune,
+		Operators: auth.NewOperators(s.Pool, s.AdminToken, logging.Component(log, "auth"))}
 	runners, err := buildServices(deps, s.app, roles)
 	if err != nil {
 		return nil, err

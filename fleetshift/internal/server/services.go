@@ -15,6 +15,7 @@ import (
 	"github.com/fleetshift/fleetshift/healthwatch"
 	"github.com/fleetshift/fleetshift/ingest"
 	"github.com/fleetshift/fleetshift/planner"
+	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/stateapi"
@@ -34,6 +35,17 @@ type Deps struct {
 	WebhookToken  string
 	PublicNATSURL string
 	Tune          Tuning
+	// Operators authenticates operator tokens, shared by HTTP and NATS so a revocation applies to both.
+	Operators *auth.Operators
+}
+
+// operatorScope adapts Operators to the NATS auth callout.
+func (d Deps) operatorScope(ctx context.Context, token string) (string, error) {
+	p, err := d.Operators.Authenticate(ctx, token)
+	if err != nil {
+		return "", err
+	}
+	return p.Scope.String(), nil
 }
 
 // buildServices constructs the services of roles, registers their HTTP routes on app, and returns
@@ -50,7 +62,7 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	}
 	if has(RoleStateAPI) {
 		svc, err := stateapi.New(stateapi.Config{Pool: d.Pool, NC: d.NC, JS: d.JS, Subjects: d.Subjects,
-			Log: logging.Component(d.Log, RoleStateAPI), AdminToken: d.AdminToken, PublicNATSURL: d.PublicNATSURL})
+			Log: logging.Component(d.Log, RoleStateAPI), Operators: d.Operators, PublicNATSURL: d.PublicNATSURL})
 		if err != nil {
 			return nil, fmt.Errorf("start stateapi: %w", err)
 		}
@@ -64,6 +76,7 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 			return nil, fmt.Errorf("start ingest: %w", err)
 		}
 		svc.Register(app)
+		d.Metrics.Register(svc.Collectors()...)
 	}
 	if has(RolePlanner) {
 		svc, err := planner.New(planner.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RolePlanner)})
@@ -89,5 +102,3 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	}
 	return runners, nil
 }
-
-var _ = context.Background
