@@ -22,7 +22,7 @@ func TestApplyBumpsVersionAndIndexesImages(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	ctx := context.Background()
-	if _, err := db.Pool.Exec(ctx, `INSERT INTO devices (uuid, device_name, api_key_hash) VALUES ('d1','d1','\x00'), ('d2','d2','\x00')`); err != nil {
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO devices (uuid, device_name, api_key_hash) VALUES ('d1','d1','\x01'), ('d2','d2','\x02')`); err != nil {
 		t.Fatal(err)
 	}
 	write := func(ws ...target.Write) []target.Written {

@@ -203,7 +203,13 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 
 	// HTTP app and services.
 	s.app = fiber.New(fiber.Config{
-		ErrorHandler:          apierr.FiberErrorHandler,
+		ErrorHandler: func(c *fiber.Ctx, err error) error {
+			// Internal errors are hidden from the client; log them so a 500 always leaves a trace.
+			if status := apierr.Status(err); status >= 500 && !isFiberClientError(err) {
+				log.Error().Err(err).Str("method", c.Method()).Str("path", c.Path()).Int("status", status).Msg("request failed")
+			}
+			return apierr.FiberErrorHandler(c, err)
+		},
 		DisableStartupMessage: true,
 		BodyLimit:             8 << 20,
 		ReadTimeout:           30 * time.Second,
@@ -326,6 +332,11 @@ func (s *Server) closeResources() {
 	if s.Pool != nil {
 		s.Pool.Close()
 	}
+}
+
+func isFiberClientError(err error) bool {
+	var fe *fiber.Error
+	return errors.As(err, &fe) && fe.Code < 500
 }
 
 func httpHost(a net.Addr) string {
