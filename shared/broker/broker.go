@@ -18,7 +18,8 @@ const ServiceUser = "fleetshift-service"
 // EmbeddedConfig configures the embedded server.
 type EmbeddedConfig struct {
 	// Addr is host:port to listen on; port 0 picks a free port. When the port is taken and
-	// FallbackOnBusy is set, a free port is picked instead (the caller logs the resulting URL).
+	// FallbackOnBusy is set, the next free port of the following 77 is used (stable across restarts),
+	// else a random one; the caller logs the resulting URL.
 	Addr           string
 	FallbackOnBusy bool
 	// StoreDir is where JetStream keeps its files. Empty keeps streams in memory (tests only).
@@ -54,7 +55,17 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		if !cfg.FallbackOnBusy {
 			return nil, fmt.Errorf("start embedded nats: %s is in use (another NATS server?); set FLEETSHIFT_NATS_ADDR to a free address, or port 0 to pick one", cfg.Addr)
 		}
-		port, fellBack = -1, true
+		// Prefer the next free port in a small fixed range, so the URL stays the same across restarts
+		// (devices keep the NATS URL handed out at registration); a random port only as a last resort.
+		fellBack = true
+		next := -1
+		for p := port + 1; p <= port+77 && p <= 65535; p++ {
+			if portFree(host, p) {
+				next = p
+				break
+			}
+		}
+		port = next
 	}
 	if port == 0 {
 		port = -1 // nats-server picks a random free port for -1
