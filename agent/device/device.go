@@ -107,6 +107,7 @@ type Agent struct {
 	reportsSent  atomic.Int64
 	pendingFlag  atomic.Bool
 	polls        atomic.Int64
+	subDenied    atomic.Bool
 	nc           *nats.Conn
 	seen         int64
 	current      wire.DeviceTarget
@@ -269,6 +270,10 @@ func (a *Agent) connectNATS() error {
 			a.cfg.Log.Debug().Err(err).Msg("nats disconnected")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				// Pushes cannot reach us: keep the HTTP poll going.
+				a.subDenied.Store(true)
+			}
 			a.cfg.Log.Warn().Err(err).Msg("nats error")
 		}),
 	}
@@ -314,7 +319,7 @@ func (a *Agent) fetchLatest(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.IsConnected() }
+func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.IsConnected() && !a.subDenied.Load() }
 
 type applyResult struct {
 	target wire.DeviceTarget

@@ -331,3 +331,46 @@ func TestProvisionRegistersOnceAndKeepsIdentityPrivate(t *testing.T) {
 		t.Fatalf("second start registered again (%d registrations) or changed identity", srv.Registrations.Load())
 	}
 }
+
+func TestPollBacksOffExponentiallyOnErrors(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.New(t, fleettest.Options{NoNATS: true})
+	srv.HTTPDown.Store(true)
+	began := time.Now()
+	s := start(t, srv, func(c *device.Config) {
+		c.DisableNATS = true
+		c.PollInterval = 10 * time.Millisecond
+		c.MaxBackoff = 160 * time.Millisecond
+	})
+	fleettest.Eventually(t, 10*time.Second, func() error {
+		if n := s.agent.Stats().Polls; n < 7 {
+			return fmt.Errorf("%d polls", n)
+		}
+		return nil
+	})
+	// Waits after failures 1..6: 20, 40, 80, 160, 160, 160 ms (±20% jitter) = at least 496ms; without
+	// backoff the 7 polls would take about 60ms.
+	if took := time.Since(began); took < 490*time.Millisecond {
+		t.Fatalf("7 failing polls took %s: no exponential backoff", took)
+	}
+	// The server returns: polling converges.
+	srv.HTTPDown.Store(false)
+	srv.SetTarget(s.uuid, fleettest.Images("acme/app:1.0"))
+	fleettest.Eventually(t, 10*time.Second, func() error { return reportedImage(srv, s.uuid, 1, "acme/app:1.0") })
+}
+
+func TestHeartbeatReportsWithoutChanges(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.New(t, fleettest.Options{NoNATS: true})
+	s := start(t, srv, func(c *device.Config) {
+		c.DisableNATS = true
+		c.PollInterval = time.Hour
+		c.Heartbeat = 10 * time.Millisecond
+	})
+	fleettest.Eventually(t, 10*time.Second, func() error {
+		if n := len(srv.Reports(s.uuid)); n < 5 {
+			return fmt.Errorf("%d reports", n)
+		}
+		return nil
+	})
+}

@@ -2,9 +2,13 @@ package sim_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,7 +35,7 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-func startSim(t *testing.T, srv *fleettest.Server, mutate func(*sim.Config)) *sim.Sim {
+func startSim(t testing.TB, srv *fleettest.Server, mutate func(*sim.Config)) *sim.Sim {
 	t.Helper()
 	cfg := sim.Config{
 		Server:          srv.HTTP.URL,
@@ -66,7 +70,7 @@ func startSim(t *testing.T, srv *fleettest.Server, mutate func(*sim.Config)) *si
 }
 
 // allOn waits until every device runs images, none updating, and the server got that report.
-func allOn(t *testing.T, srv *fleettest.Server, s *sim.Sim, n int, images string) {
+func allOn(t testing.TB, srv *fleettest.Server, s *sim.Sim, n int, images string) {
 	t.Helper()
 	fleettest.Eventually(t, 30*time.Second, func() error {
 		c := s.Counters()
@@ -235,5 +239,36 @@ func TestParsers(t *testing.T) {
 	}
 	if _, _, err := sim.ParsePullTime("2s-1s"); err == nil {
 		t.Error("inverted range accepted")
+	}
+}
+
+// BenchmarkRollout measures how long a simulated fleet takes to follow a new image after its targets
+// change (SIM_DEVICES devices, default 1000; SIM_TRANSPORT nats or http, default http). Run with
+// -benchtime=1x; `SIM_DEVICES=10000 go test -run x -bench Rollout -benchtime=1x ./sim/` is the
+// 10,000-device check.
+func BenchmarkRollout(b *testing.B) {
+	n, _ := strconv.Atoi(os.Getenv("SIM_DEVICES"))
+	n = cmp.Or(n, 1000)
+	tr := cmp.Or(os.Getenv("SIM_TRANSPORT"), sim.TransportHTTP)
+	for i := range b.N {
+		b.StopTimer()
+		srv := fleettest.New(b, fleettest.Options{NoNATS: tr != sim.TransportNATS})
+		s := startSim(b, srv, func(c *sim.Config) {
+			c.Devices = n
+			c.Transport = tr
+			c.Seed = uint64(i)
+			c.PollInterval = 10 * time.Second
+			c.Heartbeat = 30 * time.Second
+			c.PullMin, c.PullMax = 200*time.Millisecond, 2*time.Second
+		})
+		allOn(b, srv, s, n, "acme/app:1.0")
+		b.StartTimer()
+		start := time.Now()
+		setAll(srv, s, "acme/app:2.0")
+		allOn(b, srv, s, n, "acme/app:2.0")
+		b.ReportMetric(time.Since(start).Seconds(), "s/rollout")
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.Sys>>20), "MB-sys")
 	}
 }
