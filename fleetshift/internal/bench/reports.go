@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// report is one device's current-state report body: the web service running image, with health.
+func report(uuid, image, status, health string, seq int) []byte {
+	svc := map[string]any{"serviceId": 1, "serviceName": "web", "imageName": image, "status": status}
+	if health != "" {
+		svc["health"] = map[string]any{"status": health}
+	}
+	b, _ := json.Marshal(map[string]any{uuid: map[string]any{
+		"apps":   map[string]any{"1": map[string]any{"appId": 1, "appName": "main", "services": []any{svc}}},
+		"config": map[string]any{"bench_seq": seq},
+	}})
+	return b
+}
+
+// publishReports publishes payloads[i] on subject(i) with JetStream async publish, recording when each
+// was published, and waits for every ack.
+func publishReports(ctx context.Context, js jetstream.JetStream, subject func(int) string, payloads [][]byte, sent []time.Time) error {
+	for i, p := range payloads {
+		if sent != nil {
+			sent[i] = time.Now()
+		}
+		if _, err := js.PublishAsync(subject(i), p); err != nil {
+			return fmt.Errorf("publish report %d: %w", i, err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+		return nil
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("publish reports: acks not received within 2m")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// reportIngest measures device state reports over NATS -> device status committed.
+func (r *Runner) reportIngest(ctx context.Context) Row {
+	n := r.o.Sizes.Reports
+	row := Row{Name: "report_ingest", Unit: "reports/s", Goal: ">= 20,000 reports/s, report -> status p99 < 1 s",
+		Note: fmt.Sprintf("%s devices each publish one healthy report to fleet.device.<uuid>.state (JetStream async publish from the harness) -> device_current_state committed (counted every 20 ms; the latency of the k-th committed report is taken against the k-th publish); baseline raw JetStream async publish of the same messages to a REPORTS-like stream and a pull consumer acking each.", FormatValue(float64(n), ""))}
+	f := Fleet{Prefix: "rep", Fleet: "bench-report", N: n, Image: "bench/report:1.0"}
+	if err := r.seed(ctx, f); err != nil {
+		row.Err = err
+		return row
+	}
+	srv, err := r.startServer(ctx, "report_ingest")
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer r.stopServer(srv)
+	bsubj, err := benchStream(ctx, srv, streams.Subjects.ReportsStream)
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	devs := f.Devices()
+	var rates, p99s, base []float64
+	for i := range r.o.Sizes.Reps + 1 {
+		payloads := make([][]byte, n)
+		for j, d := range devs {
+			payloads[j] = report(d.UUID, f.Image, "running", "healthy", i)
+		}
+		// fleetshift
+		var t0db time.Time
+		if err := r.db.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t0db); err != nil {
+			row.Err = err
+			return row
+		}
+		sent := make([]time.Time, n)
+		start := time.Now()
+		pubErr := make(chan error, 1)
+		go func() {
+			pubErr <- publishReports(ctx, srv.JS, func(j int) string { return srv.Subjects.DeviceState(devs[j].UUID) }, payloads, sent)
+		}()
+		type sample struct {
+			at    time.Time
+			count int
+		}
+		var samples []sample
+		err := poll(ctx, 5*time.Minute, 20*time.Millisecond, fmt.Sprintf("%d reports committed", n), func() (bool, error) {
+			var c int
+			err := r.db.Pool.QueryRow(ctx, `SELECT count(*) FROM device_current_state WHERE reported_at >= $1`, t0db).Scan(&c)
+			samples = append(samples, sample{time.Now(), c})
+			return c >= n, err
+		})
+		if perr := <-pubErr; perr != nil && err == nil {
+			err = perr
+		}
+		if err != nil {
+			row.Err = err
+			return row
+		}
+		d := time.Since(start)
+		lat := make([]float64, 0, n)
+		for k := 1; k <= n; k++ {
+			at := samples[sort.Search(len(samples), func(s int) bool { return samples[s].count >= k })].at
+			lat = append(lat, at.Sub(sent[k-1]).Seconds())
+		}
+		r.progress("   reports rep %d: %s", i, d.Round(time.Millisecond))
+
+		// baseline: the same messages through a REPORTS-like stream and a consumer.
+		bd, err := r.reportBaseline(ctx, srv, bsubj, devs, payloads, i)
+		if err != nil {
+			row.Err = err
+			return row
+		}
+		if i > 0 {
+			rates = append(rates, float64(n)/d.Seconds())
+			p99s = append(p99s, Percentile(lat, 99))
+			base = append(base, float64(n)/bd.Seconds())
+		}
+	}
+	row.Value, row.Baseline = Median(rates), Median(base)
+	p99 := Median(p99s)
+	row.Text = fmt.Sprintf("%s reports/s (p99 %.2f s)", FormatValue(row.Value, ""), p99)
+	row.Pass = row.Value >= 20_000 && p99 < 1
+	r.reportRate = row.Value
+	return row
+}
+
+func (r *Runner) reportBaseline(ctx context.Context, srv *Server, subj streams.Subjects, devs []Device, payloads [][]byte, rep int) (time.Duration, error) {
+	n := len(payloads)
+	// The same consumer settings fleetshift's services use, delivering only what this repetition publishes.
+	cfg := streams.ConsumerConfig(fmt.Sprintf("bench-%d", rep), subj.DeviceStateAll(), time.Minute)
+	cfg.DeliverPolicy = jetstream.DeliverNewPolicy
+	cons, err := srv.JS.CreateOrUpdateConsumer(ctx, subj.ReportsStream(), cfg)
+	if err != nil {
+		return 0, fmt.Errorf("baseline consumer: %w", err)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	start := time.Now()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if got.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("baseline consume: %w", err)
+	}
+	defer cc.Stop()
+	if err := publishReports(ctx, srv.JS, func(j int) string { return subj.DeviceState(devs[j].UUID) }, payloads, nil); err != nil {
+		return 0, err
+	}
+	if err := waitFor(ctx, done, 2*time.Minute, "baseline reports consumed"); err != nil {
+		return 0, err
+	}
+	d := time.Since(start)
+	_ = srv.JS.DeleteConsumer(ctx, subj.ReportsStream(), fmt.Sprintf("bench-%d", rep))
+	return d, nil
+}
