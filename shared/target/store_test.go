@@ -69,4 +69,21 @@ func TestApplyBumpsVersionAndIndexesImages(t *testing.T) {
 	if svcs[1].(map[string]any)["imageName"] != "postgres:15" || svcs[0].(map[string]any)["config"].(map[string]any)["image"] != "acme/app:1.1" {
 		t.Fatalf("rewrite: %v", svcs)
 	}
+
+	// Removing a service removes its index row; an unchanged write leaves the index as it was.
+	one := apps(t, `{"1":{"appId":1,"services":[{"serviceName":"db","imageName":"postgres:15"}]}}`)
+	write(target.Write{DeviceUUID: "d1", Apps: one})
+	write(target.Write{DeviceUUID: "d1", Apps: one})
+	var n int
+	var repo string
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*), min(repository || ':' || tag) FROM device_images WHERE device_uuid='d1'`).Scan(&n, &repo); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || repo != "docker.io/library/postgres:15" {
+		t.Fatalf("index after removing a service: %d rows, %q", n, repo)
+	}
+	// d2 was not written again and keeps its two rows.
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM device_images WHERE device_uuid='d2'`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("untouched device index: %d rows %v", n, err)
+	}
 }

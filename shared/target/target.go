@@ -44,6 +44,11 @@ type Image struct {
 
 // Images lists the images of every service in apps, in a stable order (app id, service index).
 func Images(apps Apps) ([]Image, error) {
+	return imagesCached(apps, nil)
+}
+
+// imagesCached is Images reusing parsed references from cache (nil: no cache).
+func imagesCached(apps Apps, cache map[string]imageref.Ref) ([]Image, error) {
 	ids := make([]string, 0, len(apps))
 	for id := range apps {
 		ids = append(ids, id)
@@ -72,9 +77,15 @@ func Images(apps Apps) ([]Image, error) {
 			if raw == "" {
 				continue
 			}
-			ref, err := imageref.Parse(raw)
-			if err != nil {
-				return nil, fmt.Errorf("apps.%s.services[%d].imageName: %w", id, i, err)
+			ref, ok := cache[raw]
+			if !ok {
+				var err error
+				if ref, err = imageref.Parse(raw); err != nil {
+					return nil, fmt.Errorf("apps.%s.services[%d].imageName: %w", id, i, err)
+				}
+				if cache != nil {
+					cache[raw] = ref
+				}
 			}
 			name, _ := svc["serviceName"].(string)
 			out = append(out, Image{AppID: id, ServiceIndex: i, ServiceName: name, Ref: ref, Raw: raw})
