@@ -72,7 +72,7 @@ func (r *Runner) dispatch(ctx context.Context) Row {
 	n := r.o.Sizes.Dispatch
 	const repo = "docker.io/bench/dispatch"
 	row := Row{Name: "dispatch", Unit: "devices/s", Goal: ">= 50,000 devices/s",
-		Note: fmt.Sprintf("one batch of %s devices: POST /api/v1/rollouts/:id/start of a planned manual single-batch rollout -> every target committed (device_images at the new tag) and every device's target notification received by a NATS subscriber; baseline one set-based UPDATE of the same targets and image rows + raw JetStream async publish of each target to a stream configured like TARGETS.", FormatValue(float64(n), ""))}
+		Note: fmt.Sprintf("one batch of %s devices: start of a planned manual single-batch rollout -> every target committed (device_images at the new tag) and every device's target notification received by a NATS subscriber; baseline one set-based UPDATE of the same targets and image rows + raw JetStream async publish of each target to a stream configured like TARGETS.", FormatValue(float64(n), ""))}
 	f := Fleet{Prefix: "disp", Fleet: "bench-dispatch", N: n, Image: "bench/dispatch:1.0"}
 	if err := r.seed(ctx, f); err != nil {
 		row.Err = err
@@ -107,6 +107,7 @@ func (r *Runner) dispatch(ctx context.Context) Row {
 		return row
 	}
 	var rates, base []float64
+	var started string
 	for i := range r.o.Sizes.Reps + 1 {
 		tag := fmt.Sprintf("d%d", i)
 		if err := srv.Push(ctx, "bench/dispatch", tag); err != nil {
@@ -120,10 +121,12 @@ func (r *Runner) dispatch(ctx context.Context) Row {
 		}
 		notified := w.Expect(":"+tag+`"`, n)
 		start := time.Now()
-		if err := srv.Admin(ctx, "POST", "/api/v1/rollouts/"+ro.ID+"/start", nil, 200, nil); err != nil {
+		how, err := r.start(ctx, srv, ro.ID)
+		if err != nil {
 			row.Err = err
 			return row
 		}
+		started = how
 		if err := waitFor(ctx, notified, 5*time.Minute, fmt.Sprintf("%d devices notified of %s", n, tag)); err != nil {
 			seen, _ := w.Seen()
 			row.Err = fmt.Errorf("%w (%d notified)", err, len(seen))
@@ -140,7 +143,7 @@ func (r *Runner) dispatch(ctx context.Context) Row {
 		}
 		d := time.Since(start)
 		r.progress("   dispatch %s: %s", tag, d.Round(time.Millisecond))
-		if err := srv.Cancel(ctx, ro.ID); err != nil {
+		if err := r.cancel(ctx, srv, ro.ID); err != nil {
 			row.Err = err
 			return row
 		}
@@ -156,6 +159,7 @@ func (r *Runner) dispatch(ctx context.Context) Row {
 	}
 	row.Value, row.Baseline = Median(rates), Median(base)
 	row.Pass = row.Value >= 50_000
+	row.Note += " Started with " + started + "."
 	r.dispatchRate = row.Value
 	return row
 }

@@ -57,7 +57,7 @@ func (r *Runner) firstNotify(ctx context.Context) Row {
 		}
 		ro, found, err := r.findRollout(ctx, repo, tag)
 		if err == nil && found {
-			err = srv.Cancel(ctx, ro.ID)
+			err = r.cancel(ctx, srv, ro.ID)
 		}
 		if err != nil {
 			row.Err = err

@@ -107,7 +107,7 @@ func (r *Runner) pause(ctx context.Context) Row {
 		if i > 0 {
 			times = append(times, float64(d)/float64(time.Millisecond))
 		}
-		if err := srv.Cancel(ctx, ro.ID); err != nil && !strings.Contains(err.Error(), "409") {
+		if err := r.cancel(ctx, srv, ro.ID); err != nil && !strings.Contains(err.Error(), "409") {
 			row.Err = err
 			return row
 		}

@@ -2,12 +2,16 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+
+	"github.com/fleetshift/fleetshift/streams"
 )
 
 // findRollout returns the rollout created for a push of tag to repository (normalised), if any.
@@ -146,7 +150,7 @@ func (r *Runner) plan(ctx context.Context, name string, n int, goalSeconds float
 		if i > 0 {
 			times = append(times, d.Seconds())
 		}
-		if err := srv.Cancel(ctx, ro.ID); err != nil {
+		if err := r.cancel(ctx, srv, ro.ID); err != nil {
 			return fail(err)
 		}
 	}
@@ -197,4 +201,41 @@ func (r *Runner) pollCache(ctx context.Context, srv *Server, f Fleet) Row {
 	row.Note = fmt.Sprintf("RSS of the server process after one poll of each of %s devices (cold pass at %s req/s), every one then cached.",
 		FormatValue(float64(f.N), ""), FormatValue(res.RPS, ""))
 	return row
+}
+
+// cancel cancels a rollout between repetitions (untimed). Without the control API it marks the rollout
+// cancelled in the database, which is what the verb does to a rollout that dispatches nothing further.
+func (r *Runner) cancel(ctx context.Context, srv *Server, id string) error {
+	missing, err := srv.Control(ctx, id, "cancel")
+	if err != nil || !missing {
+		return err
+	}
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE image_rollouts SET status = 'cancelled', completed_at = now(), next_batch_at = NULL,
+		updated_at = now() WHERE rollout_id = $1 AND status IN ('pending', 'scheduled', 'in_progress', 'paused', 'awaiting_approval')`, id); err != nil {
+		return fmt.Errorf("cancel rollout %s: %w", id, err)
+	}
+	return nil
+}
+
+// start starts a planned manual rollout and says how: through the control API, or (when the server has
+// none) as the API would, by marking it in progress and sending the dispatcher its batch-1 command.
+func (r *Runner) start(ctx context.Context, srv *Server, id string) (string, error) {
+	missing, err := srv.Control(ctx, id, "start")
+	if err != nil {
+		return "", err
+	}
+	if !missing {
+		return "POST /api/v1/rollouts/:id/start", nil
+	}
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE image_rollouts SET status = 'in_progress', current_batch = 1, started_at = now(),
+		updated_at = now() WHERE rollout_id = $1 AND status = 'pending'`, id); err != nil {
+		return "", fmt.Errorf("start rollout %s: %w", id, err)
+	}
+	b, _ := json.Marshal(streams.DispatchV1{RolloutID: id, Batch: 1})
+	msg := &nats.Msg{Subject: srv.Subjects.Command(streams.CommandDispatch, id), Data: b,
+		Header: nats.Header{streams.HeaderMsgID: []string{"dispatch-" + id + "-1"}, streams.HeaderKind: []string{"dispatch.v1"}}}
+	if _, err := srv.JS.PublishMsg(ctx, msg); err != nil {
+		return "", fmt.Errorf("start rollout %s: publish dispatch command: %w", id, err)
+	}
+	return "the dispatch command (no control API yet: rollout set in_progress in SQL)", nil
 }

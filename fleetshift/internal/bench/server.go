@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -186,13 +187,19 @@ func (s *Server) Policy(ctx context.Context, p map[string]any) error {
 	return s.Admin(ctx, "POST", "/api/v1/image-policies", p, 201, nil)
 }
 
-// Cancel cancels a rollout; a rollout already finished (409) is fine.
-func (s *Server) Cancel(ctx context.Context, rolloutID string) error {
-	err := s.Admin(ctx, "POST", "/api/v1/rollouts/"+rolloutID+"/cancel", nil, 200, nil)
-	if err != nil && bytes.Contains([]byte(err.Error()), []byte("status 409")) {
-		return nil
+// Control sends a rollout verb (start, cancel, ...). A rollout the verb does not apply to (409) is fine.
+// It reports routeMissing when the server answers 404 (the control API is not there).
+func (s *Server) Control(ctx context.Context, rolloutID, verb string) (routeMissing bool, err error) {
+	err = s.Admin(ctx, "POST", "/api/v1/rollouts/"+rolloutID+"/"+verb, nil, 200, nil)
+	switch {
+	case err == nil:
+		return false, nil
+	case strings.Contains(err.Error(), "status 409"):
+		return false, nil
+	case strings.Contains(err.Error(), "status 404"):
+		return true, nil
 	}
-	return err
+	return false, err
 }
 
 // NotifyWatcher counts, per expectation, the distinct devices whose target notification carries a

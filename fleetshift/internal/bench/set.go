@@ -33,7 +33,7 @@ func SetSizes(set string) (Sizes, error) {
 			Dispatch: 100_000, NotifyDevices: 1_000, NotifyPushes: 200, Reports: 50_000, Rollout: 10_000,
 			PauseDevices: 1_000, Reps: 3, RolloutTimeout: 5 * time.Minute}, nil
 	case "quick":
-		return Sizes{PollDevices: 5_000, PollDuration: 2 * time.Second, PlanSmall: 10_000, PlanLarge: 50_000,
+		return Sizes{PollDevices: 5_000, PollDuration: time.Second, PlanSmall: 10_000, PlanLarge: 50_000,
 			Dispatch: 10_000, NotifyDevices: 1_000, NotifyPushes: 30, Reports: 10_000, Rollout: 300,
 			PauseDevices: 200, Reps: 3, RolloutTimeout: time.Minute}, nil
 	}
