@@ -1,0 +1,185 @@
+package healthwatch
+
+import (
+	"cmp"
+	"fmt"
+	"strings"
+
+	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Device statuses in a rollout (CONTRACT.md "Rollout semantics").
+const (
+	statusPending        = "pending"
+	statusScheduled      = "scheduled"
+	statusUpdating       = "updating"
+	statusHealthChecking = "health_checking"
+	statusCompleted      = "completed"
+	statusFailed         = "failed"
+	statusRolledBack     = "rolled_back"
+	statusSkipped        = "skipped"
+)
+
+// Rollout statuses healthwatch reads or writes.
+const (
+	rolloutPending          = "pending"
+	rolloutScheduled        = "scheduled"
+	rolloutInProgress       = "in_progress"
+	rolloutPaused           = "paused"
+	rolloutAwaitingApproval = "awaiting_approval"
+	rolloutCompleted        = "completed"
+	rolloutRolledBack       = "rolled_back"
+	rolloutSuperseded       = "superseded"
+)
+
+// EventRolloutRolledBack is recorded when a whole rollout is rolled back (RollbackAll). It adds to the
+// event types of CONTRACT.md, which has none for this.
+const EventRolloutRolledBack = "image.rollout_rolled_back"
+
+// inFlight are the device statuses a report or a health timeout can move forward.
+var inFlight = []string{statusScheduled, statusUpdating, statusHealthChecking}
+
+// unfinished are the device statuses that keep a batch open.
+var unfinished = []string{statusPending, statusScheduled, statusUpdating, statusHealthChecking}
+
+// rank orders device statuses: a transition only ever raises the rank, and terminal statuses
+// (rank 4) never change through reports.
+func rank(status string) int {
+	switch status {
+	case statusPending:
+		return 0
+	case statusScheduled:
+		return 1
+	case statusUpdating:
+		return 2
+	case statusHealthChecking:
+		return 3
+	default:
+		return 4
+	}
+}
+
+// verdict is what one report says about one device row.
+type verdict struct {
+	status string
+	// reason explains a failure.
+	reason string
+	// unhealthy marks a failure found by the health check (image.health_check_failed).
+	unhealthy bool
+}
+
+// rowImage is what a device row expects: the repository it rolls and the new image it should run.
+type rowImage struct {
+	repository string
+	newRef     imageref.Ref
+}
+
+// isNew reports whether ref is the row's new image: same normalised repository and tag, and the same
+// digest when the row has one (a report naming only the digest is accepted too).
+func (r rowImage) isNew(ref imageref.Ref) bool {
+	if ref.Repository != r.newRef.Repository {
+		return false
+	}
+	if r.newRef.Digest != "" {
+		return ref.Digest == r.newRef.Digest && (ref.Tag == "" || ref.Tag == r.newRef.Tag)
+	}
+	return ref.Tag == r.newRef.Tag
+}
+
+// serviceFailed are container states that mean the new image does not run.
+func serviceFailed(status string) bool {
+	switch status {
+	case "exited", "dead", "failed", "error", "crashed", "oomkilled":
+		return true
+	}
+	return false
+}
+
+// derive says where one report puts a device row, for the services of the row's repository:
+//   - every such service runs the new image and is healthy (or running, with health checks off): completed;
+//   - a service of the new image exited, died or is unhealthy: failed;
+//   - the new image runs everywhere, health still starting or not reported, checks on: health_checking;
+//   - something moved (pulling, old image stopped or gone, new image starting): updating;
+//   - otherwise (old image still running everywhere): scheduled, i.e. no news.
+func derive(rep streams.DeviceReport, row rowImage, healthChecks bool) verdict {
+	seen, lowest, moved := 0, 4, false
+	for _, app := range rep.Apps {
+		for _, svc := range app.Services {
+			ref, err := imageref.Parse(svc.ImageName)
+			if err != nil || ref.Repository != row.repository {
+				continue
+			}
+			seen++
+			v := deriveService(svc, ref, row, healthChecks)
+			if v.status == statusFailed {
+				return v
+			}
+			lowest = min(lowest, rank(v.status))
+			if rank(v.status) > rank(statusScheduled) {
+				moved = true
+			}
+		}
+	}
+	switch {
+	case seen == 0:
+		return verdict{status: statusUpdating} // the old image is gone and the new one not there yet
+	case lowest == rank(statusCompleted):
+		return verdict{status: statusCompleted}
+	case lowest == rank(statusHealthChecking):
+		return verdict{status: statusHealthChecking}
+	case moved || lowest == rank(statusUpdating):
+		return verdict{status: statusUpdating}
+	}
+	return verdict{status: statusScheduled}
+}
+
+func deriveService(svc streams.ReportedService, ref imageref.Ref, row rowImage, healthChecks bool) verdict {
+	status := strings.ToLower(strings.TrimSpace(svc.Status))
+	name := cmp.Or(svc.ServiceName, svc.ImageName)
+	if !row.isNew(ref) {
+		if status == "running" {
+			return verdict{status: statusScheduled}
+		}
+		return verdict{status: statusUpdating} // pulling, downloading, old container stopping or gone
+	}
+	if serviceFailed(status) {
+		reason := fmt.Sprintf("service %s: %s", name, status)
+		if svc.Error != "" {
+			reason += ": " + svc.Error
+		}
+		return verdict{status: statusFailed, reason: reason}
+	}
+	if status != "running" {
+		return verdict{status: statusUpdating}
+	}
+	if !healthChecks {
+		return verdict{status: statusCompleted}
+	}
+	health := ""
+	if svc.Health != nil {
+		health = strings.ToLower(strings.TrimSpace(svc.Health.Status))
+	}
+	switch health {
+	case "healthy":
+		return verdict{status: statusCompleted}
+	case "unhealthy":
+		return verdict{status: statusFailed, unhealthy: true, reason: fmt.Sprintf("service %s: health check failed", name)}
+	}
+	return verdict{status: statusHealthChecking}
+}
+
+// fold applies reports in order to a row currently in status from, the way applying them one at a
+// time would: the status only rises, and the first terminal verdict is final.
+func fold(from string, verdicts []verdict) verdict {
+	cur := verdict{status: from}
+	for _, v := range verdicts {
+		if rank(cur.status) >= rank(statusCompleted) {
+			break
+		}
+		if rank(v.status) > rank(cur.status) {
+			cur = v
+		}
+	}
+	return cur
+}

@@ -1,0 +1,191 @@
+package healthwatch
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// report is one device's report, in stream order.
+type report struct {
+	device string
+	body   streams.DeviceReport
+}
+
+// activeRollout are the rollout statuses whose devices' reports count. ("scheduled" is included so that
+// a maintenance-window rollout that dispatched a batch keeps tracking it.)
+var activeRollout = []string{rolloutScheduled, rolloutInProgress, rolloutPaused, rolloutAwaitingApproval}
+
+// applyReports applies reports in one transaction, set-based: it locks the active rollouts the
+// reporting devices are in flight in (in id order, so concurrent replicas never deadlock on them),
+// reads those device rows in one query, folds each device's reports in order, writes every transition
+// in one conditional UPDATE (WHERE status = what was read), records the events, and settles the touched
+// rollouts. It returns after commit.
+func (s *Service) applyReports(ctx context.Context, reps []report) error {
+	if len(reps) == 0 {
+		return nil
+	}
+	byDevice := make(map[string][]streams.DeviceReport, len(reps))
+	uuids := make([]string, 0, len(reps))
+	for _, r := range reps {
+		if _, ok := byDevice[r.device]; !ok {
+			uuids = append(uuids, r.device)
+		}
+		byDevice[r.device] = append(byDevice[r.device], r.body)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("apply %d reports: begin: %w", len(reps), err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
+
+	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
+		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
+		                       WHERE d.device_uuid = ANY($1) AND d.status = ANY($2))
+		  AND r.status = ANY($3)
+		ORDER BY r.rollout_id FOR UPDATE OF r`, uuids, inFlight, activeRollout)
+	if err != nil {
+		return fmt.Errorf("apply reports: lock rollouts: %w", err)
+	}
+	locked, err := pgx.CollectRows(lockRows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("apply reports: lock rollouts: %w", err)
+	}
+	if len(locked) == 0 {
+		return tx.Commit(ctx)
+	}
+	rows, err := tx.Query(ctx, `SELECT d.rollout_id::text, d.device_uuid, d.status, d.batch_number,
+		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy
+		FROM device_rollout_status d JOIN image_rollouts r ON r.rollout_id = d.rollout_id
+		WHERE d.rollout_id = ANY($1::uuid[]) AND d.device_uuid = ANY($2) AND d.status = ANY($3)
+		  AND r.status = ANY($4)`, locked, uuids, inFlight, activeRollout)
+	if err != nil {
+		return fmt.Errorf("apply reports: read device rows: %w", err)
+	}
+	type row struct {
+		rollout, device, status string
+		batch                   int
+		newImage, repository    string
+		policy                  []byte
+	}
+	current, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy)
+	})
+	if err != nil {
+		return fmt.Errorf("apply reports: read device rows: %w", err)
+	}
+
+	type change struct {
+		row
+		to verdict
+	}
+	policies := map[string]policy{}
+	changes := map[[2]string]change{}
+	var rolloutIDs, devices, expected, next, reasons []string
+	for _, c := range current {
+		newRef, err := imageref.Parse(c.newImage)
+		if err != nil {
+			s.log.Warn().Err(err).Str("rollout", c.rollout).Msg("device row has an unreadable new image; ignoring its reports")
+			continue
+		}
+		pol, ok := policies[c.rollout]
+		if !ok {
+			pol = parsePolicy(c.policy)
+			policies[c.rollout] = pol
+		}
+		img := rowImage{repository: c.repository, newRef: newRef}
+		verdicts := make([]verdict, 0, len(byDevice[c.device]))
+		for _, body := range byDevice[c.device] {
+			verdicts = append(verdicts, derive(body, img, pol.HealthCheckEnabled))
+		}
+		to := fold(c.status, verdicts)
+		if to.status == c.status {
+			continue
+		}
+		changes[[2]string{c.rollout, c.device}] = change{row: c, to: to}
+		rolloutIDs = append(rolloutIDs, c.rollout)
+		devices = append(devices, c.device)
+		expected = append(expected, c.status)
+		next = append(next, to.status)
+		reasons = append(reasons, to.reason)
+	}
+	if len(devices) == 0 {
+		return tx.Commit(ctx)
+	}
+	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET
+			status = u.status,
+			error_message = CASE WHEN u.status = 'failed' THEN NULLIF(u.reason, '') ELSE d.error_message END,
+			started_at = COALESCE(d.started_at, now()),
+			completed_at = CASE WHEN u.status IN ('completed', 'failed') THEN now() ELSE d.completed_at END,
+			updated_at = now()
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+		     AS u(rollout_id, device_uuid, expected, status, reason)
+		WHERE d.rollout_id = u.rollout_id AND d.device_uuid = u.device_uuid AND d.status = u.expected
+		RETURNING d.rollout_id::text, d.device_uuid`, rolloutIDs, devices, expected, next, reasons)
+	if err != nil {
+		return fmt.Errorf("apply reports: update device rows: %w", err)
+	}
+	applied, err := pgx.CollectRows(res, func(r pgx.CollectableRow) ([2]string, error) {
+		var k [2]string
+		return k, r.Scan(&k[0], &k[1])
+	})
+	if err != nil {
+		return fmt.Errorf("apply reports: update device rows: %w", err)
+	}
+	var touched []string
+	for _, k := range applied {
+		c := changes[k]
+		for _, e := range transitionEvents(c.rollout, c.device, c.batch, c.newImage, c.status, c.to, policies[c.rollout]) {
+			w.event(e)
+		}
+		touched = append(touched, c.rollout)
+	}
+	slices.Sort(touched)
+	if err := settle(ctx, w, slices.Compact(touched)); err != nil {
+		return fmt.Errorf("apply reports: %w", err)
+	}
+	if err := w.commit(ctx); err != nil {
+		return fmt.Errorf("apply reports: commit: %w", err)
+	}
+	return nil
+}
+
+// transitionEvents are the events of one device moving from status from to verdict to:
+// image.device_updated when it first runs the new image (health_checking, or completed directly),
+// image.health_check_passed when it completes with health checks on, image.health_check_failed when its
+// health check failed or timed out, and image.device_failed for every failure.
+func transitionEvents(rolloutID, device string, batch int, newImage, from string, to verdict, pol policy) []events.Event {
+	data := map[string]any{"batch": batch, "from": from, "status": to.status, "new_image": newImage}
+	ev := func(typ, msg string) events.Event {
+		return events.Event{Type: typ, RolloutID: rolloutID, DeviceUUID: device, Message: msg, Data: data}
+	}
+	var out []events.Event
+	switch to.status {
+	case statusHealthChecking:
+		if rank(from) < rank(statusHealthChecking) {
+			out = append(out, ev(streams.EventDeviceUpdated, "device runs "+newImage+"; health check pending"))
+		}
+	case statusCompleted:
+		if rank(from) < rank(statusHealthChecking) {
+			out = append(out, ev(streams.EventDeviceUpdated, "device runs "+newImage))
+		}
+		if pol.HealthCheckEnabled {
+			out = append(out, ev(streams.EventHealthPassed, "device healthy on "+newImage))
+		}
+	case statusFailed:
+		if to.unhealthy {
+			out = append(out, ev(streams.EventHealthFailed, to.reason))
+		}
+		data["error"] = to.reason
+		out = append(out, ev(streams.EventDeviceFailed, to.reason))
+	}
+	return out
+}

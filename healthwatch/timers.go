@@ -1,0 +1,182 @@
+package healthwatch
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// claimLimit bounds how many rollouts one timer transaction claims.
+const claimLimit = 100
+
+// startDueBatches claims in-progress rollouts whose next_batch_at has passed (FOR UPDATE SKIP LOCKED,
+// so replicas share them), clears the timer, records the batch as requested and writes the
+// streams.DispatchV1{current_batch+1} command to the outbox, all in one transaction: the command is
+// written exactly once, whatever restarts. It returns how many batches it requested.
+func (s *Service) startDueBatches(ctx context.Context) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("start due batches: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	rows, err := tx.Query(ctx, `
+		WITH due AS (
+			SELECT rollout_id FROM image_rollouts
+			WHERE next_batch_at <= now() AND status = 'in_progress'
+			ORDER BY next_batch_at LIMIT $1
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE image_rollouts r SET next_batch_at = NULL, requested_batch = r.current_batch + 1, updated_at = now()
+		FROM due WHERE r.rollout_id = due.rollout_id
+		RETURNING r.rollout_id::text, r.requested_batch`, claimLimit)
+	if err != nil {
+		return 0, fmt.Errorf("start due batches: claim: %w", err)
+	}
+	type due struct {
+		id    string
+		batch int
+	}
+	claimed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (due, error) {
+		var d due
+		return d, r.Scan(&d.id, &d.batch)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("start due batches: claim: %w", err)
+	}
+	if len(claimed) == 0 {
+		return 0, nil
+	}
+	msgs := make([]outbox.Message, 0, len(claimed))
+	for _, d := range claimed {
+		m, err := outbox.JSON("dispatch-"+d.id+"-"+strconv.Itoa(d.batch), s.subj.Command(streams.CommandDispatch, d.id),
+			streams.DispatchV1{RolloutID: d.id, Batch: d.batch})
+		if err != nil {
+			return 0, err
+		}
+		msgs = append(msgs, m)
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return 0, fmt.Errorf("start due batches: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("start due batches: commit: %w", err)
+	}
+	for _, d := range claimed {
+		s.log.Info().Str("rollout", d.id).Int("batch", d.batch).Msg("next batch requested")
+	}
+	return len(claimed), nil
+}
+
+// failTimedOut fails, set-based, every in-flight device whose health_deadline has passed ("health check
+// timeout"), for the active rollouts it can lock without waiting (SKIP LOCKED: a replica busy with one
+// leaves it to the next tick), records the events and settles those rollouts. It returns how many
+// devices it failed.
+func (s *Service) failTimedOut(ctx context.Context) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
+		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
+		                       WHERE d.health_deadline < now()
+		                         AND d.status IN ('scheduled', 'updating', 'health_checking'))
+		  AND r.status = ANY($1)
+		ORDER BY r.rollout_id LIMIT $2
+		FOR UPDATE OF r SKIP LOCKED`, activeRollout, claimLimit)
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: lock rollouts: %w", err)
+	}
+	locked, err := pgx.CollectRows(lockRows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: lock rollouts: %w", err)
+	}
+	if len(locked) == 0 {
+		return 0, nil
+	}
+	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET status = 'failed',
+			error_message = 'health check timeout', completed_at = now(), updated_at = now()
+		FROM (SELECT rollout_id, device_uuid, status FROM device_rollout_status
+		      WHERE rollout_id = ANY($1::uuid[]) AND health_deadline < now()
+		        AND status IN ('scheduled', 'updating', 'health_checking')
+		      FOR UPDATE) o
+		WHERE d.rollout_id = o.rollout_id AND d.device_uuid = o.device_uuid
+		RETURNING d.rollout_id::text, d.device_uuid, o.status, d.batch_number, COALESCE(d.new_image, '')`, locked)
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: %w", err)
+	}
+	type failed struct {
+		rollout, device, from string
+		batch                 int
+		newImage              string
+	}
+	out, err := pgx.CollectRows(res, func(r pgx.CollectableRow) (failed, error) {
+		var f failed
+		return f, r.Scan(&f.rollout, &f.device, &f.from, &f.batch, &f.newImage)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: %w", err)
+	}
+	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
+	for _, f := range out {
+		data := map[string]any{"batch": f.batch, "from": f.from, "status": statusFailed, "new_image": f.newImage,
+			"error": "health check timeout"}
+		if f.from == statusHealthChecking {
+			w.event(events.Event{Type: streams.EventHealthFailed, RolloutID: f.rollout, DeviceUUID: f.device,
+				Message: "health check timeout", Data: data})
+		}
+		w.event(events.Event{Type: streams.EventDeviceFailed, RolloutID: f.rollout, DeviceUUID: f.device,
+			Message: "health check timeout", Data: data})
+	}
+	if err := settle(ctx, w, locked); err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: %w", err)
+	}
+	if err := w.commit(ctx); err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: commit: %w", err)
+	}
+	return len(out), nil
+}
+
+// sweep settles in-progress rollouts whose current batch has no open device but whose next step is
+// not taken yet: a batch that supersede, rollback or the dispatcher's skips emptied, a batch that
+// finished while the rollout was paused or awaiting approval and was resumed since, a last batch left
+// to complete. Nothing waits for a report that will never come.
+func (s *Service) sweep(ctx context.Context) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("sweep rollouts: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	rows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
+		WHERE r.status = 'in_progress' AND r.next_batch_at IS NULL AND r.current_batch >= 1
+		  AND (r.completed_batch < r.current_batch OR r.requested_batch <= r.current_batch)
+		  AND NOT EXISTS (SELECT 1 FROM device_rollout_status d
+		                  WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch
+		                    AND d.status IN ('pending', 'scheduled', 'updating', 'health_checking'))
+		ORDER BY r.rollout_id LIMIT $1
+		FOR UPDATE OF r SKIP LOCKED`, claimLimit)
+	if err != nil {
+		return 0, fmt.Errorf("sweep rollouts: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("sweep rollouts: %w", err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
+	if err := settle(ctx, w, ids); err != nil {
+		return 0, fmt.Errorf("sweep rollouts: %w", err)
+	}
+	if err := w.commit(ctx); err != nil {
+		return 0, fmt.Errorf("sweep rollouts: commit: %w", err)
+	}
+	return len(ids), nil
+}
