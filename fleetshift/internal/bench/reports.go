@@ -47,11 +47,14 @@ func publishReports(ctx context.Context, js jetstream.JetStream, subject func(in
 	}
 }
 
-// reportIngest measures device state reports over NATS -> device status committed.
+// reportIngest measures device state reports over NATS -> device status committed: every device of a
+// dispatched single-batch rollout reports the new image running and healthy, and healthwatch commits
+// each device_rollout_status row as completed.
 func (r *Runner) reportIngest(ctx context.Context) Row {
 	n := r.o.Sizes.Reports
+	const repo = "docker.io/bench/report"
 	row := Row{Name: "report_ingest", Unit: "reports/s", Goal: ">= 20,000 reports/s, report -> status p99 < 1 s",
-		Note: fmt.Sprintf("%s devices each publish one healthy report to fleet.device.<uuid>.state (JetStream async publish from the harness) -> device_current_state committed (counted every 20 ms; the latency of the k-th committed report is taken against the k-th publish); baseline raw JetStream async publish of the same messages to a REPORTS-like stream and a pull consumer acking each.", FormatValue(float64(n), ""))}
+		Note: fmt.Sprintf("an auto (single-batch) rollout of %s devices is dispatched (untimed); then each device's report of the new image running and healthy is published to fleet.device.<uuid>.state (JetStream async publish from the harness) -> its device_rollout_status row committed as completed (counted every 20 ms; the latency of the k-th committed report is taken against the k-th publish); baseline raw JetStream async publish of the same messages to a REPORTS-like stream and a pull consumer acking each.", FormatValue(float64(n), ""))}
 	f := Fleet{Prefix: "rep", Fleet: "bench-report", N: n, Image: "bench/report:1.0"}
 	if err := r.seed(ctx, f); err != nil {
 		row.Err = err
@@ -68,18 +71,42 @@ func (r *Runner) reportIngest(ctx context.Context) Row {
 		row.Err = err
 		return row
 	}
+	w, err := srv.WatchNotifications()
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer w.Close()
+	if err := srv.Policy(ctx, map[string]any{"image_pattern": "bench/report", "update_strategy": "auto",
+		"health_check_enabled": true, "health_check_timeout_seconds": 3600, "max_failure_rate": 1,
+		"description": "bench report_ingest"}); err != nil {
+		row.Err = err
+		return row
+	}
 	devs := f.Devices()
 	var rates, p99s, base []float64
 	for i := range r.o.Sizes.Reps + 1 {
-		payloads := make([][]byte, n)
-		for j, d := range devs {
-			payloads[j] = report(d.UUID, f.Image, "running", "healthy", i)
-		}
-		// fleetshift
-		var t0db time.Time
-		if err := r.db.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t0db); err != nil {
+		tag := fmt.Sprintf("r%d", i)
+		notified := w.Expect(":"+tag+`"`, n)
+		if err := srv.Push(ctx, "bench/report", tag); err != nil {
 			row.Err = err
 			return row
+		}
+		if err := waitFor(ctx, notified, 5*time.Minute, fmt.Sprintf("%d devices notified of %s", n, tag)); err != nil {
+			row.Err = err
+			return row
+		}
+		ro, found, err := r.findRollout(ctx, repo, tag)
+		if err == nil && !found {
+			err = fmt.Errorf("no rollout for %s", tag)
+		}
+		if err != nil {
+			row.Err = err
+			return row
+		}
+		payloads := make([][]byte, n)
+		for j, d := range devs {
+			payloads[j] = report(d.UUID, "bench/report:"+tag, "running", "healthy", i)
 		}
 		sent := make([]time.Time, n)
 		start := time.Now()
@@ -92,9 +119,9 @@ func (r *Runner) reportIngest(ctx context.Context) Row {
 			count int
 		}
 		var samples []sample
-		err := poll(ctx, 5*time.Minute, 20*time.Millisecond, fmt.Sprintf("%d reports committed", n), func() (bool, error) {
+		err = poll(ctx, 5*time.Minute, 20*time.Millisecond, fmt.Sprintf("%d reports committed", n), func() (bool, error) {
 			var c int
-			err := r.db.Pool.QueryRow(ctx, `SELECT count(*) FROM device_current_state WHERE reported_at >= $1`, t0db).Scan(&c)
+			err := r.db.Pool.QueryRow(ctx, `SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND status = 'completed'`, ro.ID).Scan(&c)
 			samples = append(samples, sample{time.Now(), c})
 			return c >= n, err
 		})
@@ -102,7 +129,10 @@ func (r *Runner) reportIngest(ctx context.Context) Row {
 			err = perr
 		}
 		if err != nil {
-			row.Err = err
+			var st string
+			_ = r.db.Pool.QueryRow(ctx, `SELECT string_agg(status || '=' || c, ' ') FROM (SELECT status, count(*) c FROM device_rollout_status
+				WHERE rollout_id = $1 GROUP BY status) x`, ro.ID).Scan(&st)
+			row.Err = fmt.Errorf("%w (device rows: %s)", err, st)
 			return row
 		}
 		d := time.Since(start)
@@ -111,7 +141,7 @@ func (r *Runner) reportIngest(ctx context.Context) Row {
 			at := samples[sort.Search(len(samples), func(s int) bool { return samples[s].count >= k })].at
 			lat = append(lat, at.Sub(sent[k-1]).Seconds())
 		}
-		r.progress("   reports rep %d: %s", i, d.Round(time.Millisecond))
+		r.progress("   reports %s: %s (p99 %.2f s)", tag, d.Round(time.Millisecond), Percentile(lat, 99))
 
 		// baseline: the same messages through a REPORTS-like stream and a consumer.
 		bd, err := r.reportBaseline(ctx, srv, bsubj, devs, payloads, i)
