@@ -553,3 +553,52 @@ func TestRollbackDevice(t *testing.T) {
 	require.ErrorIs(t, RollbackDevice(b.ctx, b.pool, b.subj, "9b0e4a3c-0000-4000-8000-000000000000", devs[0], "ops"), apierr.ErrNotFound)
 	b.checkCounters(id)
 }
+
+func TestResumeAfterAutoPauseIsOverruledOnlyByNewFailures(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("rz", 6, "fleet-rz", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{2, 4},
+		policy: map[string]any{"max_failure_rate": 0.2, "min_sample_size": 1, "batch_delay_seconds": 0}})
+	s := b.newService()
+	b.apply(s, devs[0], web(devs[0], newImg, "exited", ""))
+	require.Equal(t, rolloutPaused, b.rolloutStatus(id))
+	b.apply(s, devs[1], web(devs[1], newImg, "running", "healthy"))
+	require.Equal(t, 1, count(b.eventTypes(id, ""), streams.EventBatchCompleted), "a batch completes while paused")
+	s.timersOnce(b.ctx)
+	require.Empty(t, b.dispatchCommands(id))
+
+	// The operator resumes (the control API sets in_progress): the next batch is requested, not re-paused.
+	b.exec(`UPDATE image_rollouts SET status = 'in_progress', auto_paused = false WHERE rollout_id = $1`, id)
+	s.timersOnce(b.ctx)
+	s.timersOnce(b.ctx)
+	require.Equal(t, rolloutInProgress, b.rolloutStatus(id))
+	require.Equal(t, map[string]int{"dispatch-" + id + "-2": 2}, b.dispatchCommands(id))
+	b.dispatch(id, 2)
+	b.apply(s, devs[2], web(devs[2], newImg, "running", "healthy"))
+	require.Equal(t, rolloutInProgress, b.rolloutStatus(id), "a success does not re-pause")
+	b.apply(s, devs[3], web(devs[3], newImg, "exited", ""))
+	require.Equal(t, rolloutPaused, b.rolloutStatus(id), "a new failure above the threshold does")
+	require.Equal(t, 2, count(b.eventTypes(id, ""), streams.EventRolloutPaused))
+}
+
+func TestLostDispatchIsRepeated(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("ld", 2, "fleet-ld", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 1}})
+	s := b.newService()
+	// Batch 2 was requested long ago but the dispatcher dropped the command (the rollout was paused then).
+	b.exec(`UPDATE device_rollout_status SET status = 'completed' WHERE rollout_id = $1 AND batch_number = 1`, id)
+	b.exec(`UPDATE image_rollouts SET completed_batch = 1, requested_batch = 2, requested_at = now() - interval '2 minutes'
+		WHERE rollout_id = $1`, id)
+	s.timersOnce(b.ctx)
+	cmds := b.dispatchCommands(id)
+	require.Len(t, cmds, 1)
+	for msgID, batch := range cmds {
+		require.Equal(t, 2, batch)
+		require.Contains(t, msgID, "dispatch-"+id+"-2-retry-")
+	}
+	s.timersOnce(b.ctx)
+	require.Len(t, b.dispatchCommands(id), 1, "repeated at most once per DispatchRetryAfter")
+}

@@ -141,15 +141,24 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		return fmt.Errorf("apply reports: update device rows: %w", err)
 	}
 	var touched []string
+	news := map[string]finishes{}
 	for _, k := range applied {
 		c := changes[k]
+		if rank(c.to.status) == rank(statusCompleted) {
+			n := news[c.rollout]
+			n.finished++
+			if c.to.status == statusFailed {
+				n.failed++
+			}
+			news[c.rollout] = n
+		}
 		for _, e := range transitionEvents(c.rollout, c.device, c.batch, c.newImage, c.status, c.to, policies[c.rollout]) {
 			w.event(e)
 		}
 		touched = append(touched, c.rollout)
 	}
 	slices.Sort(touched)
-	if err := settle(ctx, w, slices.Compact(touched)); err != nil {
+	if err := settle(ctx, w, slices.Compact(touched), news); err != nil {
 		return fmt.Errorf("apply reports: %w", err)
 	}
 	if err := w.commit(ctx); err != nil {

@@ -232,7 +232,7 @@ func RollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjec
 			return fmt.Errorf("roll back device %s of rollout %s: %w", deviceUUID, rolloutID, err)
 		}
 	}
-	if err := settle(ctx, w, []string{ro.id}); err != nil {
+	if err := settle(ctx, w, []string{ro.id}, nil); err != nil {
 		return fmt.Errorf("roll back device %s of rollout %s: %w", deviceUUID, rolloutID, err)
 	}
 	if err := w.commit(ctx); err != nil {

@@ -43,6 +43,9 @@ type Config struct {
 	TickInterval time.Duration
 	// AckWait is the consumer's ack wait (default 30s); a batch must commit within it.
 	AckWait time.Duration
+	// DispatchRetryAfter is how long a requested batch may stay unstarted before the command is
+	// repeated (default 1 minute).
+	DispatchRetryAfter time.Duration
 }
 
 // Service is the healthwatch service. Run it; it serves no HTTP.
@@ -55,6 +58,7 @@ type Service struct {
 	fetchWait  time.Duration
 	tick       time.Duration
 	ackWait    time.Duration
+	retryAfter time.Duration
 }
 
 // New validates cfg and fills its defaults.
@@ -78,8 +82,9 @@ func New(cfg Config) (*Service, error) {
 		fetchWait:  cmp.Or(cfg.FetchWait, 250*time.Millisecond),
 		tick:       cmp.Or(cfg.TickInterval, 500*time.Millisecond),
 		ackWait:    cmp.Or(cfg.AckWait, 30*time.Second),
+		retryAfter: cmp.Or(cfg.DispatchRetryAfter, time.Minute),
 	}
-	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait {
+	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait || s.retryAfter <= 0 {
 		return nil, fmt.Errorf("healthwatch: bad config (FetchBatch %d, FetchWait %s, TickInterval %s, AckWait %s)",
 			s.fetchBatch, s.fetchWait, s.tick, s.ackWait)
 	}
@@ -192,7 +197,7 @@ func (s *Service) runTimers(ctx context.Context) {
 	}
 }
 
-// timersOnce runs every timer once: health timeouts, then the sweep, then due batches.
+// timersOnce runs every timer once: health timeouts, the sweep, due batches, lost dispatches.
 func (s *Service) timersOnce(ctx context.Context) {
 	if _, err := s.failTimedOut(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Msg("health timeouts")
@@ -202,6 +207,9 @@ func (s *Service) timersOnce(ctx context.Context) {
 	}
 	if _, err := s.startDueBatches(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Msg("due batches")
+	}
+	if _, err := s.retryLostDispatches(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Msg("lost dispatches")
 	}
 }
 

@@ -119,25 +119,41 @@ func recount(ctx context.Context, tx pgx.Tx, ids []string) ([]rollout, error) {
 	return out, nil
 }
 
+// finishes counts the devices of a rollout that finished, and of those failed, in one transaction.
+type finishes struct{ finished, failed int }
+
 // settle brings the locked rollouts ids up to date with their device rows: counters, the failure-rate
 // pause (and auto rollback), batch completion, the next batch's durable timer, and completion of the
 // rollout. Every step is conditional, so settling twice changes nothing twice.
-func settle(ctx context.Context, w *work, ids []string) error {
+//
+// news holds what finished in this transaction, per rollout. The failure-rate check only runs on it:
+// a rollout pauses when these finishes take it over the threshold, or add a failure while it is over
+// (so an operator who resumes an auto-paused rollout is overruled only by a new failure).
+func settle(ctx context.Context, w *work, ids []string, news map[string]finishes) error {
 	ros, err := recount(ctx, w.tx, ids)
 	if err != nil {
 		return err
 	}
 	for _, ro := range ros {
-		if err := settleOne(ctx, w, ro); err != nil {
+		if err := settleOne(ctx, w, ro, news[ro.id]); err != nil {
 			return fmt.Errorf("settle rollout %s: %w", ro.id, err)
 		}
 	}
 	return nil
 }
 
-func settleOne(ctx context.Context, w *work, ro rollout) error {
+// shouldPause reports whether the finishes n of this transaction make the rollout break its policy.
+func (ro rollout) shouldPause(n finishes) bool {
+	if ro.status != rolloutInProgress || n.finished == 0 || !ro.policy.exceeded(ro.failures, ro.finished) {
+		return false
+	}
+	before := ro.policy.exceeded(ro.failures-n.failed, ro.finished-n.finished)
+	return !before || n.failed > 0
+}
+
+func settleOne(ctx context.Context, w *work, ro rollout, n finishes) error {
 	tx := w.tx
-	if ro.status == rolloutInProgress && ro.policy.exceeded(ro.failures, ro.finished) {
+	if ro.shouldPause(n) {
 		tag, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'paused', auto_paused = true,
 			paused_at = now(), next_batch_at = NULL, updated_at = now()
 			WHERE rollout_id = $1 AND status = 'in_progress'`, ro.id)

@@ -32,7 +32,8 @@ func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 			ORDER BY next_batch_at LIMIT $1
 			FOR UPDATE SKIP LOCKED
 		)
-		UPDATE image_rollouts r SET next_batch_at = NULL, requested_batch = r.current_batch + 1, updated_at = now()
+		UPDATE image_rollouts r SET next_batch_at = NULL, requested_batch = r.current_batch + 1, requested_at = now(),
+			updated_at = now()
 		FROM due WHERE r.rollout_id = due.rollout_id
 		RETURNING r.rollout_id::text, r.requested_batch`, claimLimit)
 	if err != nil {
@@ -124,7 +125,9 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("fail timed-out devices: %w", err)
 	}
 	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
+	news := map[string]finishes{}
 	for _, f := range out {
+		news[f.rollout] = finishes{finished: news[f.rollout].finished + 1, failed: news[f.rollout].failed + 1}
 		data := map[string]any{"batch": f.batch, "from": f.from, "status": statusFailed, "new_image": f.newImage,
 			"error": "health check timeout"}
 		if f.from == statusHealthChecking {
@@ -134,7 +137,7 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		w.event(events.Event{Type: streams.EventDeviceFailed, RolloutID: f.rollout, DeviceUUID: f.device,
 			Message: "health check timeout", Data: data})
 	}
-	if err := settle(ctx, w, locked); err != nil {
+	if err := settle(ctx, w, locked, news); err != nil {
 		return 0, fmt.Errorf("fail timed-out devices: %w", err)
 	}
 	if err := w.commit(ctx); err != nil {
@@ -172,11 +175,69 @@ func (s *Service) sweep(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
-	if err := settle(ctx, w, ids); err != nil {
+	if err := settle(ctx, w, ids, nil); err != nil {
 		return 0, fmt.Errorf("sweep rollouts: %w", err)
 	}
 	if err := w.commit(ctx); err != nil {
 		return 0, fmt.Errorf("sweep rollouts: commit: %w", err)
 	}
 	return len(ids), nil
+}
+
+// retryLostDispatches repeats the DispatchV1 command of in-progress rollouts whose requested batch the
+// dispatcher has not started within retryAfter (it drops commands for a rollout that is not in
+// progress, e.g. one paused meanwhile and resumed since). The dispatcher handles a batch once however
+// often it is asked; the repeat carries its own message id so JetStream does not drop it as a duplicate.
+func (s *Service) retryLostDispatches(ctx context.Context) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("retry lost dispatches: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	rows, err := tx.Query(ctx, `
+		WITH lost AS (
+			SELECT rollout_id FROM image_rollouts
+			WHERE status = 'in_progress' AND requested_batch > current_batch
+			  AND requested_at < now() - make_interval(secs => $1)
+			ORDER BY requested_at LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE image_rollouts r SET requested_at = now() FROM lost WHERE r.rollout_id = lost.rollout_id
+		RETURNING r.rollout_id::text, r.requested_batch, (extract(epoch FROM now()) * 1000)::bigint`,
+		s.retryAfter.Seconds(), claimLimit)
+	if err != nil {
+		return 0, fmt.Errorf("retry lost dispatches: %w", err)
+	}
+	type lost struct {
+		id    string
+		batch int
+		at    int64
+	}
+	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (lost, error) {
+		var l lost
+		return l, r.Scan(&l.id, &l.batch, &l.at)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("retry lost dispatches: %w", err)
+	}
+	if len(found) == 0 {
+		return 0, nil
+	}
+	msgs := make([]outbox.Message, 0, len(found))
+	for _, l := range found {
+		m, err := outbox.JSON(fmt.Sprintf("dispatch-%s-%d-retry-%d", l.id, l.batch, l.at),
+			s.subj.Command(streams.CommandDispatch, l.id), streams.DispatchV1{RolloutID: l.id, Batch: l.batch})
+		if err != nil {
+			return 0, err
+		}
+		msgs = append(msgs, m)
+		s.log.Warn().Str("rollout", l.id).Int("batch", l.batch).Msg("requested batch not started; asking the dispatcher again")
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return 0, fmt.Errorf("retry lost dispatches: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("retry lost dispatches: commit: %w", err)
+	}
+	return len(found), nil
 }
