@@ -239,9 +239,11 @@ func web(device, image, status, health string) []byte {
 
 func decodeReport(t *testing.T, device string, raw []byte) report {
 	t.Helper()
-	var r streams.ReportV1
+	var r map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(raw, &r))
-	return report{device: device, body: r[device]}
+	var rep streams.DeviceReport
+	require.NoError(t, json.Unmarshal(r[device], &rep))
+	return report{device: device, body: rep, raw: r[device], at: time.Now()}
 }
 
 func (b *bundle) publish(device string, raw []byte) {

@@ -602,3 +602,36 @@ func TestLostDispatchIsRepeated(t *testing.T) {
 	s.timersOnce(b.ctx)
 	require.Len(t, b.dispatchCommands(id), 1, "repeated at most once per DispatchRetryAfter")
 }
+
+func TestReportsAreStoredAsCurrentStateNewestWins(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	devs := b.devices("cs", 2, "fleet-cs", oldImg)
+	b.service()
+	b.publish(devs[0], web(devs[0], oldImg, "running", "healthy"))
+	b.publish(devs[0], web(devs[0], newImg, "downloading", ""))
+	wait.For(t, 10*time.Second, func() error {
+		var img string
+		var online bool
+		err := b.pool.QueryRow(b.ctx, `SELECT c.apps->'1'->'services'->0->>'imageName', d.is_online
+			FROM device_current_state c JOIN devices d ON d.uuid = c.device_uuid WHERE c.device_uuid = $1`, devs[0]).Scan(&img, &online)
+		if err != nil {
+			return err
+		}
+		if img != newImg || !online {
+			return fmt.Errorf("current state %s online %v", img, online)
+		}
+		return nil
+	})
+	// An older report (a redelivery, another replica) never replaces a newer one.
+	s := b.newService()
+	stale := decodeReport(t, devs[0], web(devs[0], oldImg, "running", ""))
+	stale.at = time.Now().Add(-time.Hour)
+	require.NoError(t, s.applyReports(b.ctx, []report{stale}))
+	var img string
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT apps->'1'->'services'->0->>'imageName' FROM device_current_state
+		WHERE device_uuid = $1`, devs[0]).Scan(&img))
+	require.Equal(t, newImg, img)
+	// A report of an unknown device is dropped quietly.
+	require.NoError(t, s.applyReports(b.ctx, []report{decodeReport(t, "ghost", web("ghost", newImg, "running", ""))}))
+}

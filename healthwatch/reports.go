@@ -2,8 +2,10 @@ package healthwatch
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -16,6 +18,9 @@ import (
 type report struct {
 	device string
 	body   streams.DeviceReport
+	// raw is the report as the device sent it; at is when it reached JetStream.
+	raw json.RawMessage
+	at  time.Time
 }
 
 // activeRollout are the rollout statuses whose devices' reports count. ("scheduled" is included so that
@@ -46,6 +51,9 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
 
+	if err := storeCurrentState(ctx, tx, reps); err != nil {
+		return err
+	}
 	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
 		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
 		                       WHERE d.device_uuid = ANY($1) AND d.status = ANY($2))
@@ -197,4 +205,57 @@ func transitionEvents(rolloutID, device string, batch int, newImage, from string
 		out = append(out, ev(streams.EventDeviceFailed, to.reason))
 	}
 	return out
+}
+
+// storeCurrentState records each reporting device's latest report in device_current_state (and marks
+// the device seen), set-based. Devices publishing on NATS reach fleetshift only here; reports that came
+// through stateapi's HTTP PATCH were stored there already and are stored again unchanged. A report never
+// replaces a newer one, so redeliveries and replicas cannot move a device's state back in time.
+func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
+	latest := make(map[string]report, len(reps))
+	for _, r := range reps {
+		if len(r.raw) == 0 {
+			continue
+		}
+		if cur, ok := latest[r.device]; !ok || !r.at.Before(cur.at) {
+			latest[r.device] = r
+		}
+	}
+	if len(latest) == 0 {
+		return nil
+	}
+	uuids := make([]string, 0, len(latest))
+	for u := range latest {
+		uuids = append(uuids, u)
+	}
+	slices.Sort(uuids) // one lock order for every writer of these rows
+	raws := make([]string, len(uuids))
+	ats := make([]time.Time, len(uuids))
+	for i, u := range uuids {
+		raws[i], ats[i] = string(latest[u].raw), latest[u].at
+	}
+	if _, err := tx.Exec(ctx, `
+		WITH r AS (
+			SELECT u.device_uuid, u.report::jsonb AS report, u.at
+			FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(device_uuid, report, at)
+			JOIN devices d ON d.uuid = u.device_uuid AND d.revoked_at IS NULL
+		), cur AS (
+			INSERT INTO device_current_state AS s (device_uuid, apps, config, report, reported_at)
+			SELECT r.device_uuid,
+			       CASE WHEN jsonb_typeof(r.report->'apps') = 'object' THEN r.report->'apps' ELSE '{}'::jsonb END,
+			       CASE WHEN jsonb_typeof(r.report->'config') = 'object' THEN r.report->'config' ELSE '{}'::jsonb END,
+			       r.report, r.at
+			FROM r ORDER BY r.device_uuid
+			ON CONFLICT (device_uuid) DO UPDATE SET
+				apps = EXCLUDED.apps,
+				config = CASE WHEN jsonb_typeof(EXCLUDED.report->'config') = 'object' THEN EXCLUDED.config ELSE s.config END,
+				report = EXCLUDED.report,
+				reported_at = EXCLUDED.reported_at
+			WHERE s.reported_at <= EXCLUDED.reported_at
+		)
+		UPDATE devices d SET is_online = true, last_seen_at = GREATEST(d.last_seen_at, r.at)
+		FROM r WHERE d.uuid = r.device_uuid`, uuids, raws, ats); err != nil {
+		return fmt.Errorf("store current state: %w", err)
+	}
+	return nil
 }

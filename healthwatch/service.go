@@ -172,16 +172,25 @@ func (s *Service) decode(m jetstream.Msg) (report, bool) {
 		s.log.Warn().Str("subject", m.Subject()).Msg("report on an unexpected subject; dropped")
 		return report{}, false
 	}
-	var body streams.ReportV1
+	var body map[string]json.RawMessage
 	if err := json.Unmarshal(m.Data(), &body); err != nil {
 		s.log.Warn().Err(err).Str("device", device).Msg("unreadable report; dropped")
 		return report{}, false
 	}
-	rep, ok := body[device]
+	raw, ok := body[device]
 	if !ok {
 		return report{}, false
 	}
-	return report{device: device, body: rep}, true
+	var rep streams.DeviceReport
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		s.log.Warn().Err(err).Str("device", device).Msg("unreadable report; dropped")
+		return report{}, false
+	}
+	at := time.Now()
+	if md, err := m.Metadata(); err == nil {
+		at = md.Timestamp
+	}
+	return report{device: device, body: rep, raw: raw, at: at}, true
 }
 
 func (s *Service) runTimers(ctx context.Context) {
