@@ -23,14 +23,14 @@ import (
 // bundle is what a test works with: a fresh database, optionally a JetStream server, and helpers that
 // build fixtures the way the planner and the dispatcher would leave them.
 type bundle struct {
-	t    *testing.T
+	t    testing.TB
 	ctx  context.Context
 	pool *pgxpool.Pool
 	ns   *natstest.Server
 	subj streams.Subjects
 }
 
-func setup(t *testing.T, withNATS bool) *bundle {
+func setup(t testing.TB, withNATS bool) *bundle {
 	t.Helper()
 	b := &bundle{t: t, ctx: context.Background(), pool: pgtest.New(t).Pool, subj: streams.New("")}
 	if withNATS {
@@ -237,7 +237,7 @@ func web(device, image, status, health string) []byte {
 	return body(device, svc{"web", image, status, health}, svc{"cache", "redis:7", "running", ""})
 }
 
-func decodeReport(t *testing.T, device string, raw []byte) report {
+func decodeReport(t testing.TB, device string, raw []byte) report {
 	t.Helper()
 	var r map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(raw, &r))
