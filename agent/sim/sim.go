@@ -249,6 +249,11 @@ func (s *Sim) Run(ctx context.Context) error {
 						break
 					}
 					s.regErrors.Add(1)
+					var se *client.StatusError
+					if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 && se.Code != http.StatusTooManyRequests {
+						s.cfg.Log.Error().Err(err).Int("device", i).Msg("device refused; giving up on it")
+						break
+					}
 					s.cfg.Log.Warn().Err(err).Int("device", i).Msg("device could not join; retrying")
 					t := time.NewTimer(time.Second)
 					select {

@@ -267,15 +267,12 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusServiceUnavailable)
 		return
 	}
-	var raw map[string]json.RawMessage
-	body := new(strings.Builder)
-	dec := json.NewDecoder(r.Body)
 	var all json.RawMessage
-	if err := dec.Decode(&all); err != nil || json.Unmarshal(all, &raw) != nil || len(raw) != 1 {
+	var raw map[string]json.RawMessage
+	if err := json.NewDecoder(r.Body).Decode(&all); err != nil || json.Unmarshal(all, &raw) != nil || len(raw) != 1 {
 		writeJSON(w, 400, map[string]any{"error": map[string]string{"code": "invalid", "message": "body"}})
 		return
 	}
-	body.Write(all)
 	for uuid := range raw {
 		if _, ok := s.device(r, uuid); !ok {
 			writeJSON(w, 401, map[string]any{"error": map[string]string{"code": "unauthorized", "message": "bad key"}})
