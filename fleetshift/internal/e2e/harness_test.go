@@ -6,10 +6,16 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/fleetshift/fleetshift/agent/sim"
+
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
+	"github.com/fleetshift/fleetshift/shared/broker"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
@@ -22,21 +28,54 @@ type env struct {
 	dataDir string
 	srv     *server.Server
 	secret  string
+	// httpAddr and natsAddr are pinned after the first start, so a restarted server keeps its URLs
+	// (devices hold them).
+	httpAddr, natsAddr string
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	return &env{t: t, db: pgtest.New(t), dataDir: t.TempDir(), secret: "hmac-secret"}
+	return &env{t: t, db: pgtest.New(t), dataDir: t.TempDir(), secret: "hmac-secret",
+		httpAddr: "127.0.0.1:0", natsAddr: "127.0.0.1:0"}
 }
 
 // start runs the server with roles (nil: all) until the test ends or stop is called.
 func (e *env) start(roles ...string) *server.Server {
 	e.t.Helper()
+	srv := e.startWith(nil, roles...)
+	e.srv = srv
+	e.httpAddr = strings.TrimPrefix(srv.HTTPURL, "http://")
+	if srv.Embedded != nil {
+		e.natsAddr = srv.Embedded.Server.Addr().String()
+	}
+	return srv
+}
+
+// startWorker starts another "process" running only roles against the running server's NATS and
+// database, as `fleetshift <role>` does; it stops at the returned function or when the test ends.
+func (e *env) startWorker(roles ...string) *server.Server {
+	e.t.Helper()
+	pass, err := os.ReadFile(filepath.Join(e.dataDir, "nats-service-password"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.startWith(map[string]string{
+		"NATS_URL": e.srv.NATSURL, "NATS_USER": broker.ServiceUser, "NATS_PASSWORD": strings.TrimSpace(string(pass)),
+		"FLEETSHIFT_HTTP_ADDR": "127.0.0.1:0", "FLEETSHIFT_DATA_DIR": e.t.TempDir(),
+		"FLEETSHIFT_ADMIN_TOKEN": e.srv.AdminToken, "FLEETSHIFT_WEBHOOK_TOKEN": e.srv.WebhookToken,
+	}, roles...)
+}
+
+func (e *env) startWith(extra map[string]string, roles ...string) *server.Server {
+	e.t.Helper()
 	cfg, err := config.FromLookup(func(k string) (string, bool) {
+		if v, ok := extra[k]; ok {
+			return v, true
+		}
 		v, ok := map[string]string{
 			"DATABASE_URL":          e.db.URL,
-			"FLEETSHIFT_HTTP_ADDR":  "127.0.0.1:0",
-			"FLEETSHIFT_NATS_ADDR":  "127.0.0.1:0",
+			"FLEETSHIFT_HTTP_ADDR":  e.httpAddr,
+			"FLEETSHIFT_NATS_ADDR":  e.natsAddr,
 			"FLEETSHIFT_DATA_DIR":   e.dataDir,
 			"DOCKER_WEBHOOK_SECRET": e.secret,
 			"FLEETSHIFT_LOG_LEVEL":  "warn",
@@ -53,9 +92,47 @@ func (e *env) start(roles ...string) *server.Server {
 	if err != nil {
 		e.t.Fatalf("start server: %v", err)
 	}
-	e.srv = srv
 	e.t.Cleanup(srv.Shutdown)
 	return srv
+}
+
+// provisioningKey creates a provisioning key for fleet.
+func (e *env) provisioningKey(fleet string) string {
+	e.t.Helper()
+	var k struct {
+		Key string `json:"key"`
+	}
+	e.admin("POST", "/api/v1/provisioning-keys", map[string]any{"fleet_id": fleet}, 201).json(e.t, &k)
+	if k.Key == "" {
+		e.t.Fatal("no provisioning key")
+	}
+	return k.Key
+}
+
+// runSim starts simulated devices registering into fleet on images; they stop when the test ends.
+func (e *env) runSim(fleet string, n int, images []string, mod func(*sim.Config)) *sim.Sim {
+	e.t.Helper()
+	cfg := sim.Config{
+		Server: e.srv.HTTPURL, ProvisioningKey: e.provisioningKey(fleet), AdminToken: e.srv.AdminToken,
+		Fleet: fleet, Devices: n, Images: images, Seed: 7, PullMin: 10 * time.Millisecond, PullMax: 60 * time.Millisecond,
+		PollInterval: time.Second, Heartbeat: 2 * time.Second, StateDir: e.t.TempDir(), NamePrefix: fleet,
+		Log: logging.Nop(),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := sim.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Run(ctx)
+	}()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return s
 }
 
 func (e *env) stop() {
