@@ -36,13 +36,13 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	if len(reps) == 0 {
 		return nil
 	}
-	byDevice := make(map[string][]streams.DeviceReport, len(reps))
+	byDevice := make(map[string][]report, len(reps))
 	uuids := make([]string, 0, len(reps))
 	for _, r := range reps {
 		if _, ok := byDevice[r.device]; !ok {
 			uuids = append(uuids, r.device)
 		}
-		byDevice[r.device] = append(byDevice[r.device], r.body)
+		byDevice[r.device] = append(byDevice[r.device], r)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -70,7 +70,7 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		return tx.Commit(ctx)
 	}
 	rows, err := tx.Query(ctx, `SELECT d.rollout_id::text, d.device_uuid, d.status, d.batch_number,
-		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy
+		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy, d.scheduled_at
 		FROM device_rollout_status d JOIN image_rollouts r ON r.rollout_id = d.rollout_id
 		WHERE d.rollout_id = ANY($1::uuid[]) AND d.device_uuid = ANY($2) AND d.status = ANY($3)
 		  AND r.status = ANY($4)`, locked, uuids, inFlight, activeRollout)
@@ -82,10 +82,11 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		batch                   int
 		newImage, repository    string
 		policy                  []byte
+		scheduledAt             *time.Time
 	}
 	current, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 		var x row
-		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy)
+		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy, &x.scheduledAt)
 	})
 	if err != nil {
 		return fmt.Errorf("apply reports: read device rows: %w", err)
@@ -111,8 +112,13 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		}
 		img := rowImage{repository: c.repository, newRef: newRef}
 		verdicts := make([]verdict, 0, len(byDevice[c.device]))
-		for _, body := range byDevice[c.device] {
-			verdicts = append(verdicts, derive(body, img, pol.HealthCheckEnabled))
+		for _, rep := range byDevice[c.device] {
+			// A report sent before the device was scheduled says nothing about this rollout (it may
+			// have waited in the stream while the batch was dispatched).
+			if c.scheduledAt != nil && !rep.at.IsZero() && rep.at.Before(*c.scheduledAt) {
+				continue
+			}
+			verdicts = append(verdicts, derive(rep.body, img, pol.HealthCheckEnabled))
 		}
 		to := fold(c.status, verdicts)
 		if to.status == c.status {

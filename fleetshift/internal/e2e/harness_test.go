@@ -112,6 +112,13 @@ func (e *env) provisioningKey(fleet string) string {
 // runSim starts simulated devices registering into fleet on images; they stop when the test ends.
 func (e *env) runSim(fleet string, n int, images []string, mod func(*sim.Config)) *sim.Sim {
 	e.t.Helper()
+	s, _ := e.runSimStoppable(fleet, n, images, mod)
+	return s
+}
+
+// runSimStoppable is runSim returning a function that takes the devices offline (and waits for them).
+func (e *env) runSimStoppable(fleet string, n int, images []string, mod func(*sim.Config)) (*sim.Sim, func()) {
+	e.t.Helper()
 	cfg := sim.Config{
 		Server: e.srv.HTTPURL, ProvisioningKey: e.provisioningKey(fleet), AdminToken: e.srv.AdminToken,
 		Fleet: fleet, Devices: n, Images: images, Seed: 7, PullMin: 10 * time.Millisecond, PullMax: 60 * time.Millisecond,
@@ -131,8 +138,9 @@ func (e *env) runSim(fleet string, n int, images []string, mod func(*sim.Config)
 		defer close(done)
 		_ = s.Run(ctx)
 	}()
-	e.t.Cleanup(func() { cancel(); <-done })
-	return s
+	stop := func() { cancel(); <-done }
+	e.t.Cleanup(stop)
+	return s, stop
 }
 
 func (e *env) stop() {
