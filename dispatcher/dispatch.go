@@ -124,6 +124,13 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	if r.totalBatches > 0 && cmd.Batch > r.totalBatches {
 		return res, fmt.Errorf("rollout has %d batches: %w", r.totalBatches, errPermanent)
 	}
+	win, held, err := s.holdForWindow(ctx, tx, cmd.RolloutID)
+	if err != nil || held {
+		if held {
+			res.RolloutStatus = "scheduled"
+		}
+		return res, err
+	}
 
 	// The pending devices of the batch and their targets, target rows locked (in a stable order, so
 	// concurrent dispatches of rollouts sharing devices cannot deadlock) until commit.
@@ -133,7 +140,8 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		JOIN device_target_state t ON t.device_uuid = d.device_uuid
 		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
 		ORDER BY d.device_uuid
-		FOR UPDATE OF t`, cmd.RolloutID, cmd.Batch)
+		LIMIT $3
+		FOR UPDATE OF t`, cmd.RolloutID, cmd.Batch, win.limitArg())
 	if err != nil {
 		return res, fmt.Errorf("read pending devices: %w", err)
 	}
@@ -224,6 +232,11 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	}
 	res.Skipped = int(tag.RowsAffected())
 
+	if win.limit > 0 && len(cands) == win.limit {
+		if err := continueChunk(ctx, tx, s.subj, cmd, cands[len(cands)-1].uuid); err != nil {
+			return res, err
+		}
+	}
 	advanced := r.currentBatch < cmd.Batch
 	changed := res.Scheduled > 0 || res.Skipped > 0
 	if !advanced && !r.notStarted && !changed {

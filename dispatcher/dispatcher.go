@@ -40,17 +40,24 @@ type Config struct {
 	// ShutdownGrace is how long a command being handled may still run once Run's context ends (default
 	// 15s); after it the handler is cancelled and the command is redelivered later.
 	ShutdownGrace time.Duration
+	// Now is the clock maintenance windows are judged by (default time.Now); tests inject one.
+	Now func() time.Time
+	// WindowChunk is the most devices one command schedules for a scheduled-strategy rollout (default
+	// 500); the rest of the batch follows in further commands, each checking the window again.
+	WindowChunk int
 }
 
 // Service is the dispatcher. Several replicas may run at once against the same database and stream.
 type Service struct {
-	pool    *pgxpool.Pool
-	js      jetstream.JetStream
-	subj    streams.Subjects
-	log     zerolog.Logger
-	ackWait time.Duration
-	workers int
-	grace   time.Duration
+	pool        *pgxpool.Pool
+	js          jetstream.JetStream
+	subj        streams.Subjects
+	log         zerolog.Logger
+	ackWait     time.Duration
+	workers     int
+	grace       time.Duration
+	now         func() time.Time
+	windowChunk int
 }
 
 // New validates cfg, fills its defaults and returns a Service ready to Run.
@@ -61,17 +68,23 @@ func New(cfg Config) (*Service, error) {
 	if cfg.JS == nil {
 		return nil, errors.New("new dispatcher: JS is required")
 	}
-	if cfg.AckWait < 0 || cfg.Workers < 0 || cfg.ShutdownGrace < 0 {
-		return nil, errors.New("new dispatcher: AckWait, Workers and ShutdownGrace must not be negative")
+	if cfg.AckWait < 0 || cfg.Workers < 0 || cfg.ShutdownGrace < 0 || cfg.WindowChunk < 0 {
+		return nil, errors.New("new dispatcher: AckWait, Workers, ShutdownGrace and WindowChunk must not be negative")
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
 	}
 	return &Service{
-		pool:    cfg.Pool,
-		js:      cfg.JS,
-		subj:    streams.New(cfg.Subjects.Prefix),
-		log:     cfg.Log,
-		ackWait: cmp.Or(cfg.AckWait, 2*time.Minute),
-		workers: cmp.Or(cfg.Workers, 2),
-		grace:   cmp.Or(cfg.ShutdownGrace, 15*time.Second),
+		now:         now,
+		windowChunk: cmp.Or(cfg.WindowChunk, 500),
+		pool:        cfg.Pool,
+		js:          cfg.JS,
+		subj:        streams.New(cfg.Subjects.Prefix),
+		log:         cfg.Log,
+		ackWait:     cmp.Or(cfg.AckWait, 2*time.Minute),
+		workers:     cmp.Or(cfg.Workers, 2),
+		grace:       cmp.Or(cfg.ShutdownGrace, 15*time.Second),
 	}, nil
 }
 

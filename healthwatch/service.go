@@ -46,6 +46,8 @@ type Config struct {
 	// DispatchRetryAfter is how long a requested batch may stay unstarted before the command is
 	// repeated (default 1 minute).
 	DispatchRetryAfter time.Duration
+	// Now is the clock maintenance windows are judged by (default time.Now); tests inject one.
+	Now func() time.Time
 }
 
 // Service is the healthwatch service. Run it; it serves no HTTP.
@@ -59,6 +61,7 @@ type Service struct {
 	tick       time.Duration
 	ackWait    time.Duration
 	retryAfter time.Duration
+	now        func() time.Time
 }
 
 // New validates cfg and fills its defaults.
@@ -83,6 +86,10 @@ func New(cfg Config) (*Service, error) {
 		tick:       cmp.Or(cfg.TickInterval, 500*time.Millisecond),
 		ackWait:    cmp.Or(cfg.AckWait, 30*time.Second),
 		retryAfter: cmp.Or(cfg.DispatchRetryAfter, time.Minute),
+		now:        cfg.Now,
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait || s.retryAfter <= 0 {
 		return nil, fmt.Errorf("healthwatch: bad config (FetchBatch %d, FetchWait %s, TickInterval %s, AckWait %s)",
@@ -206,7 +213,8 @@ func (s *Service) runTimers(ctx context.Context) {
 	}
 }
 
-// timersOnce runs every timer once: health timeouts, the sweep, due batches, lost dispatches.
+// timersOnce runs every timer once: health timeouts, the sweep, due batches, lost dispatches,
+// maintenance windows of scheduled rollouts.
 func (s *Service) timersOnce(ctx context.Context) {
 	if _, err := s.failTimedOut(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Msg("health timeouts")
@@ -219,6 +227,9 @@ func (s *Service) timersOnce(ctx context.Context) {
 	}
 	if _, err := s.retryLostDispatches(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Msg("lost dispatches")
+	}
+	if _, err := s.openWindows(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Msg("maintenance windows")
 	}
 }
 

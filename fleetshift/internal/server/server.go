@@ -70,6 +70,10 @@ type Options struct {
 type Tuning struct {
 	// TickInterval is how often durable timers (batch delays, health timeouts) are checked.
 	TickInterval time.Duration
+	// Now is the clock healthwatch and the dispatcher judge maintenance windows by (nil: time.Now).
+	Now func() time.Time
+	// WindowChunk caps the devices one dispatch command schedules for a scheduled rollout (0: default).
+	WindowChunk int
 }
 
 // Server is a running fleetshift process.

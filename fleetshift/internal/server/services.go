@@ -13,6 +13,7 @@ import (
 	"github.com/fleetshift/fleetshift/dispatcher"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
 	"github.com/fleetshift/fleetshift/healthwatch"
+	"github.com/fleetshift/fleetshift/healthwatch/control"
 	"github.com/fleetshift/fleetshift/ingest"
 	"github.com/fleetshift/fleetshift/planner"
 	"github.com/fleetshift/fleetshift/shared/auth"
@@ -68,6 +69,13 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		}
 		svc.Register(app)
 		runners = append(runners, namedRunner{RoleStateAPI, svc})
+		ctl, err := control.New(control.Config{Pool: d.Pool, NC: d.NC, Subjects: d.Subjects,
+			Log: logging.Component(d.Log, RoleStateAPI), Operators: d.Operators})
+		if err != nil {
+			return nil, fmt.Errorf("start rollout control: %w", err)
+		}
+		ctl.Register(app, d.Operators)
+		runners = append(runners, namedRunner{"control", ctl})
 	}
 	if has(RoleIngest) {
 		svc, err := ingest.New(ingest.Config{JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleIngest),
@@ -86,7 +94,8 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		runners = append(runners, namedRunner{RolePlanner, svc})
 	}
 	if has(RoleDispatcher) {
-		svc, err := dispatcher.New(dispatcher.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleDispatcher)})
+		svc, err := dispatcher.New(dispatcher.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleDispatcher),
+			Now: d.Tune.Now, WindowChunk: d.Tune.WindowChunk})
 		if err != nil {
 			return nil, fmt.Errorf("start dispatcher: %w", err)
 		}
@@ -94,7 +103,7 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	}
 	if has(RoleHealthwatch) {
 		svc, err := healthwatch.New(healthwatch.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects,
-			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval})
+			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval, Now: d.Tune.Now})
 		if err != nil {
 			return nil, fmt.Errorf("start healthwatch: %w", err)
 		}

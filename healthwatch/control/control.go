@@ -1,0 +1,441 @@
+// Package control carries out the operator verbs on rollouts: start, pause, resume, cancel, approve,
+// rollback-all and single-device rollback. One code path (Service.Do) serves both the HTTP routes
+// (Register) and NATS request-reply on <prefix>.control.rollout.<id>.<verb> (Run), so both give the same
+// answer and have the same effect.
+//
+// Every verb is one transaction that locks the rollout row, changes it with a conditional UPDATE
+// (WHERE status = expected) and records its event (shared/events, actor = the acting token) and any
+// dispatch command (outbox) in that same transaction: it fully happens or not at all. A verb that does
+// not apply to the rollout's status is an apierr.ErrConflict (409) saying why; a verb repeated after it
+// took effect changes nothing and succeeds.
+//
+// Verbs by rollout status (200 = applies, no-op = harmless 200 without change, 409 otherwise):
+//
+//	start:        pending -> in_progress (DispatchV1 batch 1); no-op on in_progress, awaiting_approval
+//	pause:        in_progress, awaiting_approval, scheduled -> paused; no-op on paused
+//	resume:       paused -> in_progress (pending devices of the current batch re-dispatched); no-op on in_progress
+//	cancel:       pending, scheduled, in_progress, paused, awaiting_approval -> cancelled; no-op on cancelled
+//	approve:      awaiting_approval -> in_progress (next batch requested); no-op on in_progress
+//	rollback-all: every status but superseded -> rolled_back (healthwatch.RollbackAll); no-op on rolled_back
+//	rollback:     one device back to its old image (healthwatch.RollbackDevice); every status but superseded
+//
+// Events added to CONTRACT.md's list: image.rollout_start_requested (start; image.rollout_started
+// follows from the dispatcher) and image.batch_approved (approve).
+package control
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/fleetshift/fleetshift/healthwatch"
+	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/logging"
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Verb is a control verb, as it appears in HTTP paths and NATS subjects.
+type Verb string
+
+// Verbs.
+const (
+	Start       Verb = "start"
+	Pause       Verb = "pause"
+	Resume      Verb = "resume"
+	Cancel      Verb = "cancel"
+	Approve     Verb = "approve"
+	RollbackAll Verb = "rollback-all"
+	// Rollback rolls one device back; it needs a device uuid.
+	Rollback Verb = "rollback"
+)
+
+// Verbs lists the rollout-wide verbs (every verb but Rollback).
+var Verbs = []Verb{Start, Pause, Resume, Cancel, Approve, RollbackAll}
+
+// Event types the verbs record beyond CONTRACT.md's list.
+const (
+	// EventRolloutStartRequested is recorded by start; image.rollout_started follows from the dispatcher.
+	EventRolloutStartRequested = "image.rollout_start_requested"
+	// EventBatchApproved is recorded by approve.
+	EventBatchApproved = "image.batch_approved"
+)
+
+// Rollout statuses.
+const (
+	statusPending          = "pending"
+	statusScheduled        = "scheduled"
+	statusInProgress       = "in_progress"
+	statusPaused           = "paused"
+	statusAwaitingApproval = "awaiting_approval"
+	statusCancelled        = "cancelled"
+)
+
+// Result is the answer to a verb: {"ok": true, "status": "<new status>", "rollout": {...}}. Changed is
+// false when the verb had already taken effect.
+type Result struct {
+	OK      bool            `json:"ok"`
+	Status  string          `json:"status"`
+	Changed bool            `json:"changed"`
+	Rollout json.RawMessage `json:"rollout,omitempty"`
+}
+
+// Config configures a Service.
+type Config struct {
+	Pool     *pgxpool.Pool
+	NC       *nats.Conn // needed by Run only
+	Subjects streams.Subjects
+	Log      zerolog.Logger
+	// Operators checks the tokens of NATS control requests (HTTP routes get theirs in Register).
+	Operators *auth.Operators
+	// QueueGroup is the NATS queue group responders share (default "fleetshift-control").
+	QueueGroup string
+	// Timeout bounds one verb (default 30s). A verb runs to its end even when its caller goes away.
+	Timeout time.Duration
+}
+
+// Service carries out control verbs. Several replicas may run at once.
+type Service struct {
+	pool    *pgxpool.Pool
+	nc      *nats.Conn
+	subj    streams.Subjects
+	log     zerolog.Logger
+	ops     *auth.Operators
+	queue   string
+	timeout time.Duration
+}
+
+// New validates cfg and fills its defaults.
+func New(cfg Config) (*Service, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("new control: Pool is required")
+	}
+	if cfg.Timeout < 0 {
+		return nil, errors.New("new control: Timeout must not be negative")
+	}
+	subj := cfg.Subjects
+	if subj.Prefix == "" {
+		subj = streams.New("")
+	}
+	return &Service{
+		pool:    cfg.Pool,
+		nc:      cfg.NC,
+		subj:    subj,
+		log:     logging.Component(cfg.Log, "control"),
+		ops:     cfg.Operators,
+		queue:   cmp.Or(cfg.QueueGroup, "fleetshift-control"),
+		timeout: cmp.Or(cfg.Timeout, 30*time.Second),
+	}, nil
+}
+
+// deviceUUIDPattern is the devices.uuid alphabet.
+var deviceUUIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Do carries out verb on rollout rolloutID (and device deviceUUID for Rollback) on behalf of actor
+// (auth.Principal.Actor()). Errors wrap apierr sentinels: ErrInvalid (malformed id, unknown verb),
+// ErrNotFound (no such rollout, device not in it), ErrConflict (the verb does not apply to the
+// rollout's status; the message says why); anything else is internal, and then nothing changed.
+func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, actor string) (Result, error) {
+	if _, err := uuid.Parse(rolloutID); err != nil {
+		return Result{}, apierr.Invalid("id", "not a rollout id: %q", rolloutID)
+	}
+	if verb == Rollback {
+		if !deviceUUIDPattern.MatchString(deviceUUID) {
+			return Result{}, apierr.Invalid("device_uuid", "not a device uuid: %q", deviceUUID)
+		}
+	} else if deviceUUID != "" {
+		return Result{}, apierr.Invalid("device_uuid", "only rollback takes a device")
+	}
+	// The verb runs to its end even when the caller goes away: an answer lost is better than a
+	// transaction cut between its write and its commit.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+
+	switch verb {
+	case RollbackAll, Rollback:
+		var err error
+		if verb == RollbackAll {
+			err = healthwatch.RollbackAll(ctx, s.pool, s.subj, rolloutID, actor)
+		} else {
+			err = healthwatch.RollbackDevice(ctx, s.pool, s.subj, rolloutID, deviceUUID, actor)
+		}
+		if err != nil {
+			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
+		}
+		// Committed: from here on nothing may turn into an error.
+		res := Result{OK: true, Changed: true}
+		if err := s.pool.QueryRow(ctx, `SELECT r.status, `+rolloutJSON+` FROM image_rollouts r
+			WHERE r.rollout_id = $1`, rolloutID).Scan(&res.Status, &res.Rollout); err != nil {
+			s.log.Warn().Err(err).Str("rollout_id", rolloutID).Str("verb", string(verb)).
+				Msg("verb done; reading the rollout back failed")
+		}
+		return res, nil
+	case Start, Pause, Resume, Cancel, Approve:
+	default:
+		return Result{}, apierr.New(apierr.ErrInvalid, "invalid_verb",
+			"unknown verb %q (start, pause, resume, cancel, approve, rollback-all, rollback)", verb)
+	}
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s rollout %s: begin: %w", verb, rolloutID, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var ro rollout
+	err = tx.QueryRow(ctx, `SELECT status, current_batch, total_batches FROM image_rollouts
+		WHERE rollout_id = $1 FOR UPDATE`, rolloutID).Scan(&ro.status, &ro.currentBatch, &ro.totalBatches)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Result{}, apierr.New(apierr.ErrNotFound, "rollout_not_found", "rollout %s not found", rolloutID)
+	}
+	if err != nil {
+		return Result{}, fmt.Errorf("%s rollout %s: lock: %w", verb, rolloutID, err)
+	}
+	ro.id = rolloutID
+	act, err := decide(verb, ro.status)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{OK: true}
+	if act.change {
+		var evs []events.Event
+		if evs, err = s.apply(ctx, tx, verb, ro); err != nil {
+			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
+		}
+		for i := range evs {
+			evs[i].RolloutID, evs[i].Actor = rolloutID, actor
+		}
+		if err := events.Record(ctx, tx, s.subj, evs...); err != nil {
+			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
+		}
+		res.Changed = true
+	}
+	if err := tx.QueryRow(ctx, `SELECT r.status, `+rolloutJSON+` FROM image_rollouts r WHERE r.rollout_id = $1`,
+		rolloutID).Scan(&res.Status, &res.Rollout); err != nil {
+		return Result{}, fmt.Errorf("%s rollout %s: read back: %w", verb, rolloutID, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("%s rollout %s: commit: %w", verb, rolloutID, err)
+	}
+	if res.Changed {
+		s.log.Info().Str("rollout_id", rolloutID).Str("verb", string(verb)).Str("actor", actor).
+			Str("from", ro.status).Str("to", res.Status).Msg("rollout control")
+	}
+	return res, nil
+}
+
+// rolloutJSON renders a rollout as GET /api/v1/rollouts/:id does (without per-batch counts).
+const rolloutJSON = `to_jsonb(r) || jsonb_build_object('progress_percent', CASE WHEN r.total_devices = 0 THEN 0
+	ELSE round(100.0 * (r.updated_devices + r.failed_devices) / r.total_devices, 1) END)`
+
+// rollout is the locked rollout row.
+type rollout struct {
+	id                         string
+	status                     string
+	currentBatch, totalBatches int
+}
+
+// action is what a verb does to a rollout in a status.
+type action struct{ change bool }
+
+// terminal says, for the statuses no verb brings back, how to put it in a 409.
+var terminal = map[string]string{
+	"completed":   "completed",
+	"failed":      "failed",
+	"cancelled":   "cancelled",
+	"rolled_back": "rolled-back",
+	"superseded":  "superseded",
+}
+
+// decide returns what verb does to a rollout in status, or the 409 that says why it does not apply.
+func decide(verb Verb, status string) (action, error) {
+	conflict := func(format string, args ...any) (action, error) {
+		return action{}, apierr.New(apierr.ErrConflict, "invalid_state", format, args...)
+	}
+	article := func(s string) string {
+		if s == statusInProgress || s == statusAwaitingApproval {
+			return "an"
+		}
+		return "a"
+	}
+	switch verb {
+	case Start:
+		switch status {
+		case statusPending:
+			return action{change: true}, nil
+		case statusInProgress, statusAwaitingApproval:
+			return action{}, nil
+		case statusScheduled:
+			return conflict("cannot start a scheduled rollout: it starts by itself inside its maintenance window")
+		case statusPaused:
+			return conflict("cannot start a paused rollout: it was started already; resume it")
+		}
+	case Pause:
+		switch status {
+		case statusInProgress, statusAwaitingApproval, statusScheduled:
+			return action{change: true}, nil
+		case statusPaused:
+			return action{}, nil
+		case statusPending:
+			return conflict("cannot pause a pending rollout: nothing is dispatched until it is started (cancel it to drop it)")
+		}
+	case Resume:
+		switch status {
+		case statusPaused:
+			return action{change: true}, nil
+		case statusInProgress:
+			return action{}, nil
+		case statusPending:
+			return conflict("cannot resume a pending rollout: it was never started; start it")
+		case statusScheduled:
+			return conflict("cannot resume a scheduled rollout: it is not paused and starts by itself inside its maintenance window")
+		case statusAwaitingApproval:
+			return conflict("cannot resume a rollout awaiting approval: approve its next batch")
+		}
+	case Cancel:
+		switch status {
+		case statusPending, statusScheduled, statusInProgress, statusPaused, statusAwaitingApproval:
+			return action{change: true}, nil
+		case statusCancelled:
+			return action{}, nil
+		}
+	case Approve:
+		switch status {
+		case statusAwaitingApproval:
+			return action{change: true}, nil
+		case statusInProgress:
+			return action{}, nil
+		case statusPending:
+			return conflict("cannot approve a pending rollout: start it")
+		case statusScheduled:
+			return conflict("cannot approve a scheduled rollout: no batch awaits approval; it starts inside its maintenance window")
+		case statusPaused:
+			return conflict("cannot approve a paused rollout: resume it")
+		}
+	}
+	if t, ok := terminal[status]; ok {
+		return conflict("cannot %s %s %s rollout: it has ended", verb, article(status), t)
+	}
+	return conflict("cannot %s %s %s rollout", verb, article(status), status)
+}
+
+// apply makes the change of a verb that applies to the locked rollout ro, and returns its events.
+func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) ([]events.Event, error) {
+	// transition moves the rollout from its locked status to to with extra SET clauses; it must hit.
+	transition := func(to, set string, args ...any) error {
+		tag, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = $2, updated_at = now()`+set+`
+			WHERE rollout_id = $1 AND status = $3`, append([]any{ro.id, to, ro.status}, args...)...)
+		if err != nil {
+			return fmt.Errorf("%s -> %s: %w", ro.status, to, err)
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("%s -> %s: rollout row changed under its lock", ro.status, to)
+		}
+		return nil
+	}
+	switch verb {
+	case Start:
+		if err := transition(statusInProgress, `, requested_batch = GREATEST(requested_batch, 1), requested_at = now()`); err != nil {
+			return nil, err
+		}
+		if err := s.dispatch(ctx, tx, ro.id, 1, "dispatch-"+ro.id+"-1"); err != nil {
+			return nil, err
+		}
+		return []events.Event{{Type: EventRolloutStartRequested, Message: "rollout started by operator; dispatching batch 1",
+			Data: map[string]any{"batch": 1, "previous_status": ro.status}}}, nil
+
+	case Pause:
+		if err := transition(statusPaused, `, auto_paused = false, paused_at = now(), next_batch_at = NULL`); err != nil {
+			return nil, err
+		}
+		return []events.Event{{Type: streams.EventRolloutPaused, Message: "rollout paused by operator",
+			Data: map[string]any{"reason": "operator", "auto_paused": false, "previous_status": ro.status,
+				"batch": ro.currentBatch}}}, nil
+
+	case Resume:
+		if err := transition(statusInProgress, `, auto_paused = false, next_batch_at = NULL`); err != nil {
+			return nil, err
+		}
+		batch, err := healthwatch.RequestDispatch(ctx, tx, s.subj, ro.id, "resume-"+uuid.NewString())
+		if err != nil {
+			return nil, err
+		}
+		data := map[string]any{"previous_status": ro.status, "batch": ro.currentBatch}
+		if batch > 0 {
+			data["dispatch_batch"] = batch
+		}
+		return []events.Event{{Type: streams.EventRolloutResumed, Message: "rollout resumed by operator", Data: data}}, nil
+
+	case Cancel:
+		if err := transition(statusCancelled, `, next_batch_at = NULL, completed_at = now()`); err != nil {
+			return nil, err
+		}
+		// Devices never dispatched never will be; moved devices stay where they are, and nothing
+		// times them out any more.
+		var skipped, moved int64
+		if err := tx.QueryRow(ctx, `WITH s AS (
+				UPDATE device_rollout_status SET status = 'skipped', error_message = 'rollout cancelled',
+					completed_at = now(), updated_at = now()
+				WHERE rollout_id = $1 AND status = 'pending' RETURNING 1
+			), m AS (
+				UPDATE device_rollout_status SET health_deadline = NULL, updated_at = now()
+				WHERE rollout_id = $1 AND status IN ('scheduled', 'updating', 'health_checking')
+				  AND health_deadline IS NOT NULL RETURNING 1
+			)
+			SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM device_rollout_status
+				WHERE rollout_id = $1 AND status IN ('scheduled', 'updating', 'health_checking', 'completed', 'failed'))`,
+			ro.id).Scan(&skipped, &moved); err != nil {
+			return nil, fmt.Errorf("skip pending devices: %w", err)
+		}
+		return []events.Event{{Type: streams.EventRolloutCancelled,
+			Message: fmt.Sprintf("rollout cancelled by operator: %d devices never dispatched skipped, %d moved devices left as they are", skipped, moved),
+			Data: map[string]any{"previous_status": ro.status, "skipped_devices": skipped, "moved_devices": moved,
+				"batch": ro.currentBatch}}}, nil
+
+	case Approve:
+		next := ro.currentBatch + 1
+		if next > ro.totalBatches {
+			// Nothing left to approve: healthwatch's sweep completes the rollout.
+			if err := transition(statusInProgress, ``); err != nil {
+				return nil, err
+			}
+			next = 0
+		} else {
+			if err := transition(statusInProgress, `, next_batch_at = NULL, requested_batch = GREATEST(requested_batch, $4),
+				requested_at = now()`, next); err != nil {
+				return nil, err
+			}
+			if err := s.dispatch(ctx, tx, ro.id, next, fmt.Sprintf("dispatch-%s-%d", ro.id, next)); err != nil {
+				return nil, err
+			}
+		}
+		return []events.Event{{Type: EventBatchApproved,
+			Message: fmt.Sprintf("batch %d approved by operator", next),
+			Data:    map[string]any{"approved_batch": next, "completed_batch": ro.currentBatch}}}, nil
+	}
+	return nil, fmt.Errorf("verb %s has no change", verb)
+}
+
+// dispatch writes a DispatchV1 command for batch to the outbox under message id.
+func (s *Service) dispatch(ctx context.Context, tx pgx.Tx, rolloutID string, batch int, id string) error {
+	m, err := outbox.JSON(id, s.subj.Command(streams.CommandDispatch, rolloutID),
+		streams.DispatchV1{RolloutID: rolloutID, Batch: batch})
+	if err != nil {
+		return err
+	}
+	if err := outbox.Add(ctx, tx, m); err != nil {
+		return fmt.Errorf("request batch %d: %w", batch, err)
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package healthwatch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/shared/window"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// policyWindow reads the maintenance window of a policy snapshot (image_rollouts.policy). A snapshot
+// without both window times has a whole-day window; ok is false when the window cannot be read (the
+// caller treats it as open: a rollout must never stall on an odd snapshot).
+func policyWindow(raw []byte) (w window.Window, ok bool) {
+	var p struct {
+		Start    *string `json:"maintenance_window_start"`
+		End      *string `json:"maintenance_window_end"`
+		Timezone string  `json:"timezone"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &p) != nil {
+		return window.Window{Loc: time.UTC}, false
+	}
+	if p.Start == nil || p.End == nil || *p.Start == "" || *p.End == "" {
+		return window.Window{Loc: time.UTC}, true
+	}
+	w, err := window.Parse(*p.Start, *p.End, p.Timezone)
+	if err != nil {
+		return window.Window{Loc: time.UTC}, false
+	}
+	return w, true
+}
+
+// openWindows is the maintenance-window timer of scheduled rollouts (status 'scheduled'), claimed with
+// SKIP LOCKED so replicas share them. A rollout whose window is open now (Config.Now) goes to
+// in_progress and gets the dispatch command it needs (RequestDispatch) in the same transaction; one
+// outside its window gets next_batch_at = the window's next opening, a durable timer that survives any
+// restart. It returns how many rollouts it opened.
+func (s *Service) openWindows(ctx context.Context) (int, error) {
+	now := s.now()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("open maintenance windows: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	rows, err := tx.Query(ctx, `SELECT rollout_id::text, policy FROM image_rollouts
+		WHERE status = 'scheduled' AND (next_batch_at IS NULL OR next_batch_at <= $1)
+		ORDER BY rollout_id LIMIT $2
+		FOR UPDATE SKIP LOCKED`, now, claimLimit)
+	if err != nil {
+		return 0, fmt.Errorf("open maintenance windows: claim: %w", err)
+	}
+	type claimed struct {
+		id     string
+		policy []byte
+	}
+	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimed, error) {
+		var c claimed
+		return c, r.Scan(&c.id, &c.policy)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("open maintenance windows: claim: %w", err)
+	}
+	if len(due) == 0 {
+		return 0, nil
+	}
+	var open, waitIDs []string
+	var waitUntil []time.Time
+	for _, c := range due {
+		w, ok := policyWindow(c.policy)
+		if !ok {
+			s.log.Warn().Str("rollout", c.id).Msg("unreadable maintenance window in the policy snapshot; treating it as open")
+		}
+		if !ok || w.Contains(now) {
+			open = append(open, c.id)
+			continue
+		}
+		waitIDs, waitUntil = append(waitIDs, c.id), append(waitUntil, w.NextOpen(now))
+	}
+	if len(waitIDs) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE image_rollouts r SET next_batch_at = u.at, updated_at = now()
+			FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+			WHERE r.rollout_id = u.id AND r.status = 'scheduled'`, waitIDs, waitUntil); err != nil {
+			return 0, fmt.Errorf("open maintenance windows: set timers: %w", err)
+		}
+	}
+	if len(open) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'in_progress', next_batch_at = NULL,
+			updated_at = now() WHERE rollout_id = ANY($1::uuid[]) AND status = 'scheduled'`, open); err != nil {
+			return 0, fmt.Errorf("open maintenance windows: %w", err)
+		}
+		for _, id := range open {
+			if _, err := RequestDispatch(ctx, tx, s.subj, id, "window-"+now.UTC().Format("20060102T150405")); err != nil {
+				return 0, fmt.Errorf("open maintenance windows: %w", err)
+			}
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("open maintenance windows: commit: %w", err)
+	}
+	for _, id := range open {
+		s.log.Info().Str("rollout", id).Msg("maintenance window open; rollout in progress")
+	}
+	return len(open), nil
+}
+
+// RequestDispatch writes, in tx, the dispatch command that a rollout just set (back) to in_progress
+// needs to go on at once, and returns the batch it asked for (0: none needed). The caller holds the
+// rollout's row lock. It asks for:
+//
+//   - the current batch, when it still has pending devices (dispatch was stopped by a pause, or cut by
+//     the end of a maintenance window);
+//   - else a batch requested earlier that the dispatcher never started (it drops commands for rollouts
+//     that are not in progress);
+//   - else batch 1 of a rollout never dispatched.
+//
+// Otherwise nothing: healthwatch's sweep settles a finished batch (next batch, or completion). The
+// command carries a message id made of tag, so JetStream never drops it as a duplicate of an earlier
+// request; the dispatcher handles a batch once however often it is asked.
+func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutID, tag string) (int, error) {
+	var batch int
+	err := tx.QueryRow(ctx, `
+		WITH x AS (
+			SELECT r.rollout_id, CASE
+				WHEN r.current_batch >= 1 AND EXISTS (SELECT 1 FROM device_rollout_status d
+					WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch AND d.status = 'pending')
+					THEN r.current_batch
+				WHEN r.requested_batch > r.current_batch THEN r.requested_batch
+				WHEN r.current_batch = 0 AND r.total_batches >= 1 THEN 1
+				ELSE 0 END AS batch
+			FROM image_rollouts r WHERE r.rollout_id = $1::uuid
+		)
+		UPDATE image_rollouts r SET requested_batch = GREATEST(r.requested_batch, x.batch), requested_at = now(),
+			updated_at = now()
+		FROM x WHERE r.rollout_id = x.rollout_id AND x.batch > 0
+		RETURNING x.batch`, rolloutID).Scan(&batch)
+	if err == pgx.ErrNoRows {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("request dispatch of rollout %s: %w", rolloutID, err)
+	}
+	m, err := outbox.JSON(fmt.Sprintf("dispatch-%s-%d-%s", rolloutID, batch, tag),
+		subj.Command(streams.CommandDispatch, rolloutID), streams.DispatchV1{RolloutID: rolloutID, Batch: batch})
+	if err != nil {
+		return 0, err
+	}
+	if err := outbox.Add(ctx, tx, m); err != nil {
+		return 0, fmt.Errorf("request dispatch of rollout %s: %w", rolloutID, err)
+	}
+	return batch, nil
+}
