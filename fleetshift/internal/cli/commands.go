@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,8 +27,11 @@ func (g *globals) client() (*Client, error) {
 }
 
 // Commands returns the operator verbs, to be added to the root command.
-func Commands() []*cobra.Command {
-	g := &globals{out: os.Stdout}
+func Commands() []*cobra.Command { return CommandsTo(os.Stdout) }
+
+// CommandsTo is Commands writing to out.
+func CommandsTo(out io.Writer) []*cobra.Command {
+	g := &globals{out: out}
 	cmds := []*cobra.Command{rolloutsCmd(g), policiesCmd(g), devicesCmd(g), provisioningKeysCmd(g), tokensCmd(g), eventsCmd(g)}
 	for _, c := range cmds {
 		c.PersistentFlags().StringVar(&g.server, "server", "", "fleetshift HTTP URL (default $FLEETSHIFT_URL or http://127.0.0.1:3001)")
@@ -436,5 +438,3 @@ func tokensCmd(g *globals) *cobra.Command {
 		func(a []string) string { return "/api/v1/tokens/" + url.PathEscape(a[0]) }, nil))
 	return cmd
 }
-
-var _ = context.Background

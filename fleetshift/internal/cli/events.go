@@ -64,7 +64,8 @@ func tailEvents(ctx context.Context, g *globals, url, token string, subj streams
 		return err
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subj.Event(cmp.Or(typ, "*"), cmp.Or(rollout, "*"))},
+		// Event types are two tokens ("image.rollout_created"), so "any type" is "*.*".
+		FilterSubjects: []string{subj.Event(cmp.Or(typ, "*.*"), cmp.Or(rollout, "*"))},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	}
 	if since > 0 {

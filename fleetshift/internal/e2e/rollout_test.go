@@ -30,11 +30,11 @@ func (e *env) push(repo, tag string) string {
 }
 
 type rolloutRow struct {
-	ID                                             string
-	Status                                         string
-	Total, Updated, Failed, Healthy, RolledBack    int
-	CurrentBatch                                   int
-	AutoPaused                                     bool
+	ID                                          string
+	Status                                      string
+	Total, Updated, Failed, Healthy, RolledBack int
+	CurrentBatch                                int
+	AutoPaused                                  bool
 }
 
 // latestRollout waits for a rollout of image to exist and returns its id.
