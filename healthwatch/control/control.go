@@ -165,6 +165,21 @@ func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, acto
 
 	switch verb {
 	case RollbackAll, Rollback:
+		// Whether this call changes anything (healthwatch's rollbacks are idempotent and do not say):
+		// a rollout already rolled back, or a device already back or skipped, stays as it is.
+		var done bool
+		var status string
+		if err := s.pool.QueryRow(ctx, `SELECT r.status, CASE WHEN $2::text = '' THEN r.status = 'rolled_back'
+				ELSE coalesce((SELECT d.status IN ('rolled_back', 'skipped') FROM device_rollout_status d
+				               WHERE d.rollout_id = r.rollout_id AND d.device_uuid = $2), false) END
+			FROM image_rollouts r WHERE r.rollout_id = $1`, rolloutID, deviceUUID).Scan(&status, &done); err != nil &&
+			!errors.Is(err, pgx.ErrNoRows) {
+			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
+		}
+		if status == "superseded" { // healthwatch refuses it too, under the lock
+			return Result{}, apierr.New(apierr.ErrConflict, "invalid_state",
+				"cannot %s a superseded rollout: its devices moved to the newer rollout; roll that one back", verb)
+		}
 		var err error
 		if verb == RollbackAll {
 			err = healthwatch.RollbackAll(ctx, s.pool, s.subj, rolloutID, actor)
@@ -175,7 +190,7 @@ func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, acto
 			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
 		}
 		// Committed: from here on nothing may turn into an error.
-		res := Result{OK: true, Changed: true}
+		res := Result{OK: true, Changed: !done}
 		if err := s.pool.QueryRow(ctx, `SELECT r.status, `+rolloutJSON+` FROM image_rollouts r
 			WHERE r.rollout_id = $1`, rolloutID).Scan(&res.Status, &res.Rollout); err != nil {
 			s.log.Warn().Err(err).Str("rollout_id", rolloutID).Str("verb", string(verb)).
