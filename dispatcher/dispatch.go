@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -28,6 +26,8 @@ type Result struct {
 	Skipped int
 	// Notified is how many devices of the batch were sent their target state.
 	Notified int
+
+	written []target.Current // the targets this handling wrote, notified without reading them back
 }
 
 // Dispatch handles cmd as the consumer does, without the message: it dispatches batch cmd.Batch of
@@ -48,13 +48,6 @@ type rollout struct {
 	totalBatches   int
 	notStarted     bool
 	healthTimeoutS float64
-}
-
-// candidate is a pending device of the batch with its current target.
-type candidate struct {
-	uuid    string
-	version int64
-	apps    []byte
 }
 
 // outcome is what the rewrite decided for one candidate.
@@ -82,7 +75,7 @@ func (s *Service) dispatch(ctx context.Context, cmd streams.DispatchV1, progress
 		return res, nil
 	}
 	progress()
-	n, err := s.notify(ctx, cmd)
+	n, err := s.notify(ctx, cmd, res.written)
 	if err != nil {
 		return res, fmt.Errorf("notify rollout %s batch %d: %w", cmd.RolloutID, cmd.Batch, err)
 	}
@@ -132,88 +125,47 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, err
 	}
 
-	// The pending devices of the batch and their targets, target rows locked (in a stable order, so
-	// concurrent dispatches of rollouts sharing devices cannot deadlock) until commit.
+	// The pending devices of the batch, target rows locked (in a stable order, so concurrent dispatches
+	// of rollouts sharing devices cannot deadlock) until commit, grouped by their current document:
+	// devices of a fleet mostly share one, which is then sent, rewritten and written once.
 	rows, err := tx.Query(ctx, `
-		SELECT d.device_uuid, t.version, t.apps
-		FROM device_rollout_status d
-		JOIN device_target_state t ON t.device_uuid = d.device_uuid
-		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
-		ORDER BY d.device_uuid
-		LIMIT $3
-		FOR UPDATE OF t`, cmd.RolloutID, cmd.Batch, win.limitArg())
+		WITH c AS MATERIALIZED (
+			SELECT d.device_uuid, t.version, t.apps
+			FROM device_rollout_status d
+			JOIN device_target_state t ON t.device_uuid = d.device_uuid
+			WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
+			ORDER BY d.device_uuid
+			LIMIT $3
+			FOR UPDATE OF t)
+		SELECT apps, array_agg(device_uuid), array_agg(version), max(device_uuid)
+		FROM c GROUP BY apps`, cmd.RolloutID, cmd.Batch, win.limitArg())
 	if err != nil {
 		return res, fmt.Errorf("read pending devices: %w", err)
 	}
-	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
-		var c candidate
-		err := row.Scan(&c.uuid, &c.version, &c.apps)
-		return c, err
+	groups, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (group, error) {
+		var g group
+		err := row.Scan(&g.apps, &g.uuids, &g.versions, &g.last)
+		return g, err
 	})
 	if err != nil {
 		return res, fmt.Errorf("read pending devices: %w", err)
 	}
-
-	outcomes, writes, err := rewrite(cands, r.repository, r.newImage)
+	plan, err := rewrite(groups, r.repository, r.newImage)
 	if err != nil {
 		return res, err
 	}
-	written, err := target.Apply(ctx, tx, writes)
+	written, err := target.ApplyImage(ctx, tx, plan.write)
 	if err != nil {
 		return res, err
 	}
-	version := make(map[string]int64, len(written))
+	if len(written) != len(plan.write.Devices) {
+		// A pending device's target vanished after it was read and locked: impossible, so retry.
+		return res, fmt.Errorf("wrote %d of %d targets", len(written), len(plan.write.Devices))
+	}
+	schedUUIDs, schedVersions := plan.current, plan.currentVersions
 	for _, w := range written {
-		version[w.DeviceUUID] = w.Version
+		schedUUIDs, schedVersions = append(schedUUIDs, w.DeviceUUID), append(schedVersions, w.Version)
 	}
-	var schedUUIDs, skipUUIDs []string
-	var schedVersions []int64
-	for i, c := range cands {
-		switch outcomes[i] {
-		case outcomeWrite:
-			schedUUIDs, schedVersions = append(schedUUIDs, c.uuid), append(schedVersions, version[c.uuid])
-		case outcomeCurrent:
-			schedUUIDs, schedVersions = append(schedUUIDs, c.uuid), append(schedVersions, c.version)
-		case outcomeSkip:
-			skipUUIDs = append(skipUUIDs, c.uuid)
-		}
-	}
-
-	type scheduled struct {
-		uuid     string
-		oldImage *string
-		version  int64
-	}
-	var sched []scheduled
-	if len(schedUUIDs) > 0 {
-		rows, err = tx.Query(ctx, `
-			UPDATE device_rollout_status d SET
-				status = 'scheduled',
-				scheduled_at = now(),
-				target_version = v.version,
-				health_deadline = now() + make_interval(secs => $3),
-				new_image = COALESCE(d.new_image, $4),
-				new_image_tag = COALESCE(d.new_image_tag, $5),
-				error_message = NULL,
-				updated_at = now()
-			FROM unnest($6::text[], $7::bigint[]) AS v(device_uuid, version)
-			WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.device_uuid = v.device_uuid
-			  AND d.status = 'pending'
-			RETURNING d.device_uuid, d.old_image, d.target_version`,
-			cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, schedUUIDs, schedVersions)
-		if err != nil {
-			return res, fmt.Errorf("schedule devices: %w", err)
-		}
-		sched, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (scheduled, error) {
-			var x scheduled
-			err := row.Scan(&x.uuid, &x.oldImage, &x.version)
-			return x, err
-		})
-		if err != nil {
-			return res, fmt.Errorf("schedule devices: %w", err)
-		}
-	}
-	res.Scheduled = len(sched)
 
 	// Skipped: the candidates whose target no longer runs the repository, and pending devices of the
 	// batch that have no target state at all.
@@ -226,17 +178,18 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
 		  AND (d.device_uuid = ANY($4::text[])
 		       OR NOT EXISTS (SELECT 1 FROM device_target_state t WHERE t.device_uuid = d.device_uuid))`,
-		cmd.RolloutID, cmd.Batch, "target no longer runs "+r.repository, skipUUIDs)
+		cmd.RolloutID, cmd.Batch, "target no longer runs "+r.repository, plan.skip)
 	if err != nil {
 		return res, fmt.Errorf("skip devices: %w", err)
 	}
 	res.Skipped = int(tag.RowsAffected())
-
-	if win.limit > 0 && len(cands) == win.limit {
-		if err := continueChunk(ctx, tx, s.subj, cmd, cands[len(cands)-1].uuid); err != nil {
+	res.Scheduled = len(schedUUIDs)
+	if win.limit > 0 && plan.candidates == win.limit {
+		if err := continueChunk(ctx, tx, s.subj, cmd, plan.last); err != nil {
 			return res, err
 		}
 	}
+
 	advanced := r.currentBatch < cmd.Batch
 	changed := res.Scheduled > 0 || res.Skipped > 0
 	if !advanced && !r.notStarted && !changed {
@@ -251,7 +204,8 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, fmt.Errorf("advance rollout: %w", err)
 	}
 
-	evs := make([]events.Event, 0, len(sched)+2)
+	// The rollout's events first, so they precede its devices' in rollout_events and on the stream.
+	evs := make([]events.Event, 0, 2)
 	if r.notStarted {
 		evs = append(evs, events.Event{
 			Type: streams.EventRolloutStarted, RolloutID: cmd.RolloutID,
@@ -267,24 +221,67 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 				"scheduled": res.Scheduled, "skipped": res.Skipped},
 		})
 	}
-	msg := "scheduled for " + r.newImage
-	for _, x := range sched {
-		data := deviceScheduledData{Batch: cmd.Batch, TargetVersion: x.version, NewImage: r.newImage}
-		if x.oldImage != nil {
-			data.OldImage = *x.oldImage
-		}
-		evs = append(evs, events.Event{
-			Type: streams.EventDeviceScheduled, RolloutID: cmd.RolloutID, DeviceUUID: x.uuid,
-			Message: msg, Data: data,
-		})
-	}
 	if err := events.Record(ctx, tx, s.subj, evs...); err != nil {
 		return res, err
+	}
+	if len(schedUUIDs) > 0 {
+		n, err := s.markScheduled(ctx, tx, cmd, r, schedUUIDs, schedVersions)
+		if err != nil {
+			return res, err
+		}
+		if n != len(schedUUIDs) {
+			// The rollout is locked, so only a writer bypassing its lock could do this: retry.
+			return res, fmt.Errorf("scheduled %d of %d pending devices", n, len(schedUUIDs))
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
+	res.written = written
 	return res, nil
+}
+
+// markScheduled moves the devices uuids (target generation versions) from pending to scheduled and
+// records each one's image.device_scheduled event. It returns how many devices it moved.
+func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) (int, error) {
+	rows, err := tx.Query(ctx, `
+		UPDATE device_rollout_status d SET
+			status = 'scheduled',
+			scheduled_at = now(),
+			target_version = v.version,
+			health_deadline = now() + make_interval(secs => $3),
+			new_image = COALESCE(d.new_image, $4),
+			new_image_tag = COALESCE(d.new_image_tag, $5),
+			error_message = NULL,
+			updated_at = now()
+		FROM unnest($6::text[], $7::bigint[]) AS v(device_uuid, version)
+		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.device_uuid = v.device_uuid
+		  AND d.status = 'pending'
+		RETURNING d.device_uuid, d.old_image, d.target_version`,
+		cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, uuids, versions)
+	if err != nil {
+		return 0, fmt.Errorf("schedule devices: %w", err)
+	}
+	msg := "scheduled for " + r.newImage
+	evs := make([]events.Event, 0, len(uuids))
+	for rows.Next() {
+		var uuid string
+		var oldImage *string
+		data := deviceScheduledData{Batch: cmd.Batch, NewImage: r.newImage}
+		if err := rows.Scan(&uuid, &oldImage, &data.TargetVersion); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("schedule devices: %w", err)
+		}
+		if oldImage != nil {
+			data.OldImage = *oldImage
+		}
+		evs = append(evs, events.Event{Type: streams.EventDeviceScheduled, RolloutID: cmd.RolloutID,
+			DeviceUUID: uuid, Message: msg, Data: data})
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("schedule devices: %w", err)
+	}
+	return len(evs), events.Record(ctx, tx, s.subj, evs...)
 }
 
 // deviceScheduledData is the data of an image.device_scheduled event.
@@ -295,58 +292,58 @@ type deviceScheduledData struct {
 	NewImage      string `json:"new_image"`
 }
 
-// rewrite decides, for every candidate, whether its target is rewritten to image (only the services
-// that run repository change), already runs it, or no longer runs the repository. The JSON work is
-// spread over the available CPUs; the result is in the order of cands.
-func rewrite(cands []candidate, repository, image string) ([]outcome, []target.Write, error) {
-	outcomes := make([]outcome, len(cands))
-	apps := make([]target.Apps, len(cands))
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(cands)/256))
-	chunk := (len(cands) + workers - 1) / max(workers, 1)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		lo, hi := w*chunk, min((w+1)*chunk, len(cands))
-		wg.Go(func() {
-			// Devices of a fleet mostly share one target document: rewrite each distinct one once.
-			// The rewritten Apps are only read afterwards, so devices may share them.
-			type done struct {
-				o outcome
-				a target.Apps
-			}
-			seen := make(map[string]done)
-			for i := lo; i < hi; i++ {
-				if d, ok := seen[string(cands[i].apps)]; ok {
-					outcomes[i], apps[i] = d.o, d.a
-					continue
-				}
-				o, a, err := rewriteOne(cands[i].apps, repository, image)
-				if err != nil {
-					errs[w] = fmt.Errorf("rewrite target of %s: %w", cands[i].uuid, err)
-					return
-				}
-				outcomes[i], apps[i] = o, a
-				if len(seen) < rewriteCacheSize {
-					seen[string(cands[i].apps)] = done{o, a}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
-	}
-	writes := make([]target.Write, 0, len(cands))
-	for i, c := range cands {
-		if outcomes[i] == outcomeWrite {
-			writes = append(writes, target.Write{DeviceUUID: c.uuid, Apps: apps[i]})
-		}
-	}
-	return outcomes, writes, nil
+// group is the pending devices of a batch that share one current target document.
+type group struct {
+	apps     []byte
+	uuids    []string
+	versions []int64
+	last     string // the greatest uuid
 }
 
-// rewriteCacheSize bounds how many distinct target documents one rewrite worker remembers.
-const rewriteCacheSize = 512
+// writePlan is what the rewrite decided for the pending devices.
+type writePlan struct {
+	write target.ImageWrite // targets rewritten to the new image
+	// current are the devices whose target already runs the new image (scheduled without a write).
+	current         []string
+	currentVersions []int64
+	skip            []string // devices whose target no longer runs the repository
+	candidates      int      // how many pending devices were read
+	last            string   // the greatest of their uuids
+}
+
+// rewrite decides, for every group of devices sharing a target document, whether that document is
+// rewritten to image (only the services that run repository change), already runs it, or no longer
+// runs the repository. Each distinct document is decoded, rewritten and encoded once.
+func rewrite(groups []group, repository, image string) (writePlan, error) {
+	p := writePlan{write: target.ImageWrite{Repository: repository, Image: image}}
+	for _, g := range groups {
+		p.candidates += len(g.uuids)
+		p.last = max(p.last, g.last)
+		o, apps, err := rewriteOne(g.apps, repository, image)
+		if err != nil {
+			return p, fmt.Errorf("rewrite target of %s: %w", g.uuids[0], err)
+		}
+		switch o {
+		case outcomeWrite:
+			doc, err := json.Marshal(apps)
+			if err != nil {
+				return p, fmt.Errorf("encode target of %s: %w", g.uuids[0], err)
+			}
+			idx := int32(len(p.write.Docs))
+			p.write.Docs = append(p.write.Docs, doc)
+			for _, u := range g.uuids {
+				p.write.Devices = append(p.write.Devices, u)
+				p.write.Doc = append(p.write.Doc, idx)
+			}
+		case outcomeCurrent:
+			p.current = append(p.current, g.uuids...)
+			p.currentVersions = append(p.currentVersions, g.versions...)
+		case outcomeSkip:
+			p.skip = append(p.skip, g.uuids...)
+		}
+	}
+	return p, nil
+}
 
 func rewriteOne(raw []byte, repository, image string) (outcome, target.Apps, error) {
 	var apps target.Apps
@@ -372,9 +369,9 @@ func rewriteOne(raw []byte, repository, image string) (outcome, target.Apps, err
 }
 
 // notify sends every device of the batch that is scheduled or further along its current target state
-// (what the database holds now, so a re-notification after a later change is still the truth), and
-// returns how many it notified.
-func (s *Service) notify(ctx context.Context, cmd streams.DispatchV1) (int, error) {
+// and returns how many it notified. The targets this handling just wrote (written) are sent as written;
+// the others are read from the database, so a re-notification after a later change is still the truth.
+func (s *Service) notify(ctx context.Context, cmd streams.DispatchV1, written []target.Current) (int, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT device_uuid FROM device_rollout_status
 		WHERE rollout_id = $1 AND batch_number = $2 AND status NOT IN ('pending', 'skipped')`,
@@ -386,10 +383,21 @@ func (s *Service) notify(ctx context.Context, cmd streams.DispatchV1) (int, erro
 	if err != nil {
 		return 0, fmt.Errorf("list devices to notify: %w", err)
 	}
-	cur, err := target.Load(ctx, s.pool, uuids)
+	known := make(map[string]struct{}, len(written))
+	for _, w := range written {
+		known[w.DeviceUUID] = struct{}{}
+	}
+	rest := make([]string, 0, len(uuids))
+	for _, u := range uuids {
+		if _, ok := known[u]; !ok {
+			rest = append(rest, u)
+		}
+	}
+	cur, err := target.Load(ctx, s.pool, rest)
 	if err != nil {
 		return 0, err
 	}
+	cur = append(cur, written...)
 	if err := target.Publish(ctx, s.js, s.subj, cur); err != nil {
 		return 0, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
@@ -43,11 +44,17 @@ func Record(ctx context.Context, tx pgx.Tx, subj streams.Subjects, evs ...Event)
 			}
 			data = b
 		}
-		var rollout any
+		// Values in the columns' own Go types, so COPY encodes them without trying other plans first.
+		var rollout pgtype.UUID
 		if e.RolloutID != "" {
-			rollout = e.RolloutID
+			r, err := uuid.Parse(e.RolloutID)
+			if err != nil {
+				return fmt.Errorf("record %s event: rollout id %q: %w", e.Type, e.RolloutID, err)
+			}
+			rollout = pgtype.UUID{Bytes: r, Valid: true}
 		}
-		rows = append(rows, []any{id, rollout, nullable(e.DeviceUUID), e.Type, nullable(e.Message), string(data), nullable(e.Actor), now})
+		rows = append(rows, []any{pgtype.UUID{Bytes: id, Valid: true}, rollout, nullable(e.DeviceUUID), e.Type,
+			nullable(e.Message), []byte(data), nullable(e.Actor), now})
 		msg, err := outbox.JSON(id.String(), subj.Event(e.Type, e.RolloutID), streams.EventV1{
 			ID: id.String(), Type: e.Type, RolloutID: e.RolloutID, DeviceUUID: e.DeviceUUID,
 			Message: e.Message, Data: data, Actor: e.Actor, Timestamp: now,
@@ -65,9 +72,6 @@ func Record(ctx context.Context, tx pgx.Tx, subj streams.Subjects, evs ...Event)
 	return outbox.Add(ctx, tx, msgs...)
 }
 
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
+func nullable(s string) pgtype.Text {
+	return pgtype.Text{String: s, Valid: s != ""}
 }

@@ -39,12 +39,36 @@ func JSON(id, subject string, v any) (Message, error) {
 	return Message{ID: id, Subject: subject, Payload: b}, nil
 }
 
-// Add writes msgs in tx. They are published after tx commits, and never if it rolls back.
+// BundleSubject is the subject column of an outbox row that carries many messages (a bundle): its
+// payload is a JSON array of {"id", "subject", "data"} objects, data being the message's JSON payload.
+// The relay publishes every message of a bundle, in order, each with its own Nats-Msg-Id. Writers
+// that build outbox rows in SQL (jsonb_agg) may write bundles directly.
+const BundleSubject = "$fleetshift.outbox.bundle"
+
+// BundleMin is the number of messages from which Add writes bundles instead of one row per message.
+const BundleMin = 64
+
+// bundleMax is the most messages one bundle row carries.
+const bundleMax = 10_000
+
+// Add writes msgs in tx. They are published after tx commits, and never if it rolls back. Many JSON
+// messages are written as a few bundle rows (see BundleSubject), so large transactions cost one row
+// per bundleMax messages.
 func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	if len(msgs) < 64 {
+	switch {
+	case len(msgs) >= BundleMin && allJSON(msgs):
+		b := &pgx.Batch{}
+		for lo := 0; lo < len(msgs); lo += bundleMax {
+			b.Queue(`INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)`,
+				"bundle-"+uuid.NewString(), BundleSubject, encodeBundle(msgs[lo:min(lo+bundleMax, len(msgs))]))
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("write outbox bundle of %d messages: %w", len(msgs), err)
+		}
+	case len(msgs) < BundleMin:
 		b := &pgx.Batch{}
 		for _, m := range msgs {
 			b.Queue(`INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)`, idOf(m), m.Subject, m.Payload)
@@ -52,7 +76,7 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("write outbox: %w", err)
 		}
-	} else {
+	default:
 		rows := make([][]any, len(msgs))
 		for i, m := range msgs {
 			rows[i] = []any{idOf(m), m.Subject, m.Payload}
@@ -65,6 +89,47 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 		return fmt.Errorf("signal outbox: %w", err)
 	}
 	return nil
+}
+
+func allJSON(msgs []Message) bool {
+	for _, m := range msgs {
+		if !json.Valid(m.Payload) {
+			return false
+		}
+	}
+	return true
+}
+
+// bundled is one message of a bundle row.
+type bundled struct {
+	ID      string          `json:"id"`
+	Subject string          `json:"subject"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// encodeBundle renders msgs (JSON payloads) as a bundle payload.
+func encodeBundle(msgs []Message) []byte {
+	n := 2
+	for _, m := range msgs {
+		n += len(m.Payload) + len(m.Subject) + 80
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '[')
+	for i, m := range msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		id, _ := json.Marshal(idOf(m)) // strings always encode
+		subj, _ := json.Marshal(m.Subject)
+		b = append(b, `{"id":`...)
+		b = append(b, id...)
+		b = append(b, `,"subject":`...)
+		b = append(b, subj...)
+		b = append(b, `,"data":`...)
+		b = append(b, m.Payload...)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 func idOf(m Message) string {
@@ -164,7 +229,8 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 	}
 }
 
-// Flush publishes one claim of pending rows and returns how many it published.
+// Flush publishes one claim of pending rows (every message of a bundle row) and returns how many rows
+// it published.
 func (r *Relay) Flush(ctx context.Context) (int, error) {
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
@@ -192,27 +258,24 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	if len(claimed) == 0 {
 		return 0, nil
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(claimed))
+	msgs := make([]*nats.Msg, 0, len(claimed))
 	for _, c := range claimed {
-		msg := &nats.Msg{Subject: c.subject, Data: c.payload, Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, c.id)
-		f, err := r.js.PublishMsgAsync(msg)
-		if err != nil {
-			return 0, fmt.Errorf("publish %s: %w", c.subject, err)
+		if c.subject != BundleSubject {
+			msgs = append(msgs, newMsg(c.id, c.subject, c.payload))
+			continue
 		}
-		futures = append(futures, f)
+		var b []bundled
+		if err := json.Unmarshal(c.payload, &b); err != nil {
+			// Unreadable bundles are never written; keeping one would block the relay forever.
+			r.log.Error().Err(err).Int64("seq", c.seq).Msg("outbox relay: dropping an unreadable bundle")
+			continue
+		}
+		for _, m := range b {
+			msgs = append(msgs, newMsg(m.ID, m.Subject, m.Data))
+		}
 	}
-	timeout := time.After(30 * time.Second)
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return 0, fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
-		case <-timeout:
-			return 0, errors.New("publish outbox: no ack within 30s")
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	if err := publishAll(ctx, r.js, msgs); err != nil {
+		return 0, err
 	}
 	seqs := make([]int64, len(claimed))
 	for i, c := range claimed {
@@ -225,4 +288,53 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("commit outbox claim: %w", err)
 	}
 	return len(claimed), nil
+}
+
+func newMsg(id, subject string, payload []byte) *nats.Msg {
+	return &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+}
+
+// publishWindow is how many messages publishAll keeps awaiting acknowledgement.
+const publishWindow = 1024
+
+// publishAll publishes msgs in order, asynchronously with at most publishWindow awaiting
+// acknowledgement, and returns once JetStream acknowledged every one.
+func publishAll(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg) error {
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	futures := make([]jetstream.PubAckFuture, 0, min(len(msgs), publishWindow))
+	await := func(f jetstream.PubAckFuture) error {
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
+		case <-timeout.C:
+			return errors.New("publish outbox: no ack within 30s")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, m := range msgs {
+		if len(futures) == publishWindow {
+			for _, f := range futures {
+				if err := await(f); err != nil {
+					return err
+				}
+			}
+			futures = futures[:0]
+			timeout.Reset(30 * time.Second)
+		}
+		f, err := js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", m.Subject, err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		if err := await(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }

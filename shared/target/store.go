@@ -144,3 +144,83 @@ func encodeWrites(writes []Write) (rows, imgRows [][]any, err error) {
 	}
 	return rows, imgRows, nil
 }
+
+// ImageWrite rewrites the targets of many devices to documents that differ from their current ones
+// only in the services of Repository, which now run Image (what SetImage(apps, Repository, Image, nil)
+// returns). Devices sharing a document share one entry of Docs.
+type ImageWrite struct {
+	// Repository is the normalised repository of the rewritten services; Image the reference they run
+	// now, as written in the documents (its repository must be Repository).
+	Repository, Image string
+	// Docs are the distinct new apps documents (JSON objects).
+	Docs [][]byte
+	// Devices are the devices to write, Doc[i] the index in Docs of the new document of Devices[i].
+	Devices []string
+	Doc     []int32
+}
+
+// ApplyImage writes w set-based: one UPDATE of the targets (each bumps its version and ETag, as Apply
+// does) and one UPDATE of the image index rows of Repository, whatever the number of devices; every
+// new document is sent and parsed once. Devices without a target state are left out. It returns the
+// new targets as written (Apps shares the bytes of w.Docs), for notifications.
+//
+// The caller guarantees the precondition on the documents (an index row of Repository belongs to
+// exactly the services that now run Image) and should hold the target rows' locks since it read them.
+func ApplyImage(ctx context.Context, tx pgx.Tx, w ImageWrite) ([]Current, error) {
+	if len(w.Devices) == 0 {
+		return nil, nil
+	}
+	if len(w.Doc) != len(w.Devices) {
+		return nil, fmt.Errorf("write %d targets: %d document indexes", len(w.Devices), len(w.Doc))
+	}
+	ref, err := imageref.Parse(w.Image)
+	if err != nil {
+		return nil, fmt.Errorf("write targets running %q: %w", w.Image, err)
+	}
+	if ref.Repository != w.Repository {
+		return nil, fmt.Errorf("write targets running %q: not an image of %s", w.Image, w.Repository)
+	}
+	docs := make([]string, len(w.Docs))
+	for i, d := range w.Docs {
+		docs[i] = string(d)
+	}
+	rows, err := tx.Query(ctx, `
+		UPDATE device_target_state t SET
+			apps = n.apps,
+			version = t.version + 1,
+			etag = (t.version + 1)::text || '-' || left(md5(n.apps::text || t.config::text), 12),
+			updated_at = now()
+		FROM (SELECT u.device_uuid, d.apps
+		      FROM unnest($1::text[], $2::int[]) AS u(device_uuid, doc)
+		      JOIN unnest($3::jsonb[]) WITH ORDINALITY AS d(apps, doc) ON d.doc = u.doc + 1) n
+		WHERE t.device_uuid = n.device_uuid
+		RETURNING t.device_uuid, t.version, t.etag, t.config`, w.Devices, w.Doc, docs)
+	if err != nil {
+		return nil, fmt.Errorf("write %d targets: %w", len(w.Devices), err)
+	}
+	doc := make(map[string]int32, len(w.Devices))
+	for i, d := range w.Devices {
+		doc[d] = w.Doc[i]
+	}
+	out := make([]Current, 0, len(w.Devices))
+	for rows.Next() {
+		var c Current
+		var cfg []byte
+		if err := rows.Scan(&c.DeviceUUID, &c.Version, &c.ETag, &cfg); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("write %d targets: %w", len(w.Devices), err)
+		}
+		c.Apps, c.Config = w.Docs[doc[c.DeviceUUID]], orEmpty(cfg)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("write %d targets: %w", len(w.Devices), err)
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE device_images SET tag = $3, digest = $4, image = $5
+		WHERE device_uuid = ANY($1) AND repository = $2 AND (tag, digest, image) IS DISTINCT FROM ($3, $4, $5)`,
+		w.Devices, w.Repository, ref.Tag, ref.Digest, w.Image); err != nil {
+		return nil, fmt.Errorf("write image index of %d targets: %w", len(w.Devices), err)
+	}
+	return out, nil
+}
