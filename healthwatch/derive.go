@@ -35,7 +35,7 @@ const (
 
 // EventRolloutRolledBack is recorded when a whole rollout is rolled back (RollbackAll). It adds to the
 // event types of CONTRACT.md, which has none for this.
-const EventRolloutRolledBack = "image.rollout_rolled_back"
+const EventRolloutRolledBack = streams.EventRolloutRolledBack
 
 // inFlight are the device statuses a report or a health timeout can move forward.
 var inFlight = []string{statusScheduled, statusUpdating, statusHealthChecking}

@@ -81,6 +81,12 @@ const (
 	EventRolloutFailed     = "image.rollout_failed"
 	EventRolloutCancelled  = "image.rollout_cancelled"
 	EventRolloutSuperseded = "image.rollout_superseded"
+
+	// Added to CONTRACT.md's list: a whole rollout rolled back (rollback-all), an operator's start and
+	// approve (so the acting token is recorded; image.rollout_started and image.batch_started follow).
+	EventRolloutRolledBack     = "image.rollout_rolled_back"
+	EventRolloutStartRequested = "image.rollout_start_requested"
+	EventBatchApproved         = "image.batch_approved"
 )
 
 // TargetV1 is what a device receives on its target subject and reads from the TARGETS stream: the same

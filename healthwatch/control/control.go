@@ -68,9 +68,9 @@ var Verbs = []Verb{Start, Pause, Resume, Cancel, Approve, RollbackAll}
 // Event types the verbs record beyond CONTRACT.md's list.
 const (
 	// EventRolloutStartRequested is recorded by start; image.rollout_started follows from the dispatcher.
-	EventRolloutStartRequested = "image.rollout_start_requested"
+	EventRolloutStartRequested = streams.EventRolloutStartRequested
 	// EventBatchApproved is recorded by approve.
-	EventBatchApproved = "image.batch_approved"
+	EventBatchApproved = streams.EventBatchApproved
 )
 
 // Rollout statuses.
