@@ -13,7 +13,6 @@ import (
 	"github.com/fleetshift/fleetshift/agent/sim"
 	"github.com/fleetshift/fleetshift/dispatcher"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
-	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/wait"
 	"github.com/fleetshift/fleetshift/streams"
@@ -40,30 +39,7 @@ func (c *fakeClock) Set(t time.Time) {
 // startClocked is start with the window clock and chunk size injected (server.Tuning).
 func (e *env) startClocked(clock *fakeClock, chunk int, roles ...string) *server.Server {
 	e.t.Helper()
-	cfg, err := config.FromLookup(func(k string) (string, bool) {
-		v, ok := map[string]string{
-			"DATABASE_URL": e.db.URL, "FLEETSHIFT_HTTP_ADDR": e.httpAddr, "FLEETSHIFT_NATS_ADDR": e.natsAddr,
-			"FLEETSHIFT_DATA_DIR": e.dataDir, "DOCKER_WEBHOOK_SECRET": e.secret, "FLEETSHIFT_LOG_LEVEL": "warn",
-		}[k]
-		return v, ok
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := server.Start(ctx, server.Options{Config: cfg, Log: logging.Nop(), Roles: roles, EmbedNATS: true,
-		Tune: server.Tuning{TickInterval: 100 * time.Millisecond, Now: clock.Now, WindowChunk: chunk}})
-	if err != nil {
-		e.t.Fatalf("start server: %v", err)
-	}
-	e.t.Cleanup(srv.Shutdown)
-	e.srv = srv
-	e.httpAddr = strings.TrimPrefix(srv.HTTPURL, "http://")
-	if srv.Embedded != nil {
-		e.natsAddr = srv.Embedded.Server.Addr().String()
-	}
-	return srv
+	return e.startTuned(server.Tuning{TickInterval: 100 * time.Millisecond, Now: clock.Now, WindowChunk: chunk}, roles...)
 }
 
 // deviceStatuses counts the rollout's device rows by status.

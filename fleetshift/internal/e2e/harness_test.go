@@ -42,7 +42,13 @@ func newEnv(t *testing.T) *env {
 // start runs the server with roles (nil: all) until the test ends or stop is called.
 func (e *env) start(roles ...string) *server.Server {
 	e.t.Helper()
-	srv := e.startWith(nil, roles...)
+	return e.startTuned(server.Tuning{TickInterval: 100 * time.Millisecond}, roles...)
+}
+
+// startTuned is start with service timing (clock, chunk sizes) injected.
+func (e *env) startTuned(tune server.Tuning, roles ...string) *server.Server {
+	e.t.Helper()
+	srv := e.startWithTune(nil, tune, roles...)
 	e.srv = srv
 	e.httpAddr = strings.TrimPrefix(srv.HTTPURL, "http://")
 	if srv.Embedded != nil {
@@ -68,6 +74,11 @@ func (e *env) startWorker(roles ...string) *server.Server {
 
 func (e *env) startWith(extra map[string]string, roles ...string) *server.Server {
 	e.t.Helper()
+	return e.startWithTune(extra, server.Tuning{TickInterval: 100 * time.Millisecond}, roles...)
+}
+
+func (e *env) startWithTune(extra map[string]string, tune server.Tuning, roles ...string) *server.Server {
+	e.t.Helper()
 	cfg, err := config.FromLookup(func(k string) (string, bool) {
 		if v, ok := extra[k]; ok {
 			return v, true
@@ -87,8 +98,7 @@ func (e *env) startWith(extra map[string]string, roles ...string) *server.Server
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := server.Start(ctx, server.Options{Config: cfg, Log: logging.Nop(), Roles: roles, EmbedNATS: true,
-		Tune: server.Tuning{TickInterval: 100 * time.Millisecond}})
+	srv, err := server.Start(ctx, server.Options{Config: cfg, Log: logging.Nop(), Roles: roles, EmbedNATS: true, Tune: tune})
 	if err != nil {
 		e.t.Fatalf("start server: %v", err)
 	}
