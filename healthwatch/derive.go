@@ -73,6 +73,28 @@ type verdict struct {
 type rowImage struct {
 	repository string
 	newRef     imageref.Ref
+	// refs, when set, caches parsed references across the reports of one batch (they repeat).
+	refs refCache
+}
+
+// refCache remembers imageref.Parse results; a nil cache parses every time.
+type refCache map[string]parsedRef
+
+type parsedRef struct {
+	ref imageref.Ref
+	err error
+}
+
+func (c refCache) parse(raw string) (imageref.Ref, error) {
+	if c == nil {
+		return imageref.Parse(raw)
+	}
+	p, ok := c[raw]
+	if !ok {
+		p.ref, p.err = imageref.Parse(raw)
+		c[raw] = p
+	}
+	return p.ref, p.err
 }
 
 // isNew reports whether ref is the row's new image: same normalised repository and tag, and the same
@@ -106,7 +128,7 @@ func derive(rep streams.DeviceReport, row rowImage, healthChecks bool) verdict {
 	seen, lowest, moved := 0, 4, false
 	for _, app := range rep.Apps {
 		for _, svc := range app.Services {
-			ref, err := imageref.Parse(svc.ImageName)
+			ref, err := row.refs.parse(svc.ImageName)
 			if err != nil || ref.Repository != row.repository {
 				continue
 			}

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/events"
-	"github.com/fleetshift/fleetshift/shared/imageref"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -97,10 +96,11 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		to verdict
 	}
 	policies := map[string]policy{}
+	refs := refCache{}
 	changes := map[[2]string]change{}
 	var rolloutIDs, devices, expected, next, reasons []string
 	for _, c := range current {
-		newRef, err := imageref.Parse(c.newImage)
+		newRef, err := refs.parse(c.newImage)
 		if err != nil {
 			s.log.Warn().Err(err).Str("rollout", c.rollout).Msg("device row has an unreadable new image; ignoring its reports")
 			continue
@@ -110,7 +110,7 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 			pol = parsePolicy(c.policy)
 			policies[c.rollout] = pol
 		}
-		img := rowImage{repository: c.repository, newRef: newRef}
+		img := rowImage{repository: c.repository, newRef: newRef, refs: refs}
 		verdicts := make([]verdict, 0, len(byDevice[c.device]))
 		for _, rep := range byDevice[c.device] {
 			// A report sent before the device was scheduled says nothing about this rollout (it may

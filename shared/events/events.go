@@ -55,13 +55,8 @@ func Record(ctx context.Context, tx pgx.Tx, subj streams.Subjects, evs ...Event)
 		}
 		rows = append(rows, []any{pgtype.UUID{Bytes: id, Valid: true}, rollout, nullable(e.DeviceUUID), e.Type,
 			nullable(e.Message), []byte(data), nullable(e.Actor), now})
-		msg, err := outbox.JSON(id.String(), subj.Event(e.Type, e.RolloutID), streams.EventV1{
-			ID: id.String(), Type: e.Type, RolloutID: e.RolloutID, DeviceUUID: e.DeviceUUID,
-			Message: e.Message, Data: data, Actor: e.Actor, Timestamp: now,
-		})
-		if err != nil {
-			return err
-		}
+		msg := outbox.Message{ID: id.String(), Subject: subj.Event(e.Type, e.RolloutID),
+			Payload: encode(id.String(), e, data, now)}
 		msgs = append(msgs, msg)
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"rollout_events"},
@@ -70,6 +65,49 @@ func Record(ctx context.Context, tx pgx.Tx, subj streams.Subjects, evs ...Event)
 		return fmt.Errorf("write rollout events: %w", err)
 	}
 	return outbox.Add(ctx, tx, msgs...)
+}
+
+// encode renders the streams.EventV1 of e by hand, as encoding/json would (same fields, omitempty,
+// RFC 3339 timestamp): data is already JSON, and re-validating it per event would cost more than the
+// rest of the event.
+func encode(id string, e Event, data []byte, now time.Time) []byte {
+	b := make([]byte, 0, 160+len(e.Type)+len(e.RolloutID)+len(e.DeviceUUID)+len(e.Message)+len(data)+len(e.Actor))
+	b = append(b, `{"id":`...)
+	b = appendString(b, id)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type)
+	for _, f := range [...]struct{ key, v string }{{"rollout_id", e.RolloutID}, {"device_uuid", e.DeviceUUID}, {"message", e.Message}} {
+		if f.v != "" {
+			b = append(b, `,"`...)
+			b = append(b, f.key...)
+			b = append(b, `":`...)
+			b = appendString(b, f.v)
+		}
+	}
+	if len(data) > 0 {
+		b = append(b, `,"data":`...)
+		b = append(b, data...)
+	}
+	if e.Actor != "" {
+		b = append(b, `,"actor":`...)
+		b = appendString(b, e.Actor)
+	}
+	b = append(b, `,"timestamp":"`...)
+	b = now.AppendFormat(b, time.RFC3339Nano)
+	return append(b, `"}`...)
+}
+
+// appendString appends s as a JSON string; plain ASCII (ids, types, most messages) is copied as is.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func nullable(s string) pgtype.Text {

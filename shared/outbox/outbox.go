@@ -6,6 +6,7 @@ package outbox
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,10 +40,9 @@ func JSON(id, subject string, v any) (Message, error) {
 	return Message{ID: id, Subject: subject, Payload: b}, nil
 }
 
-// BundleSubject is the subject column of an outbox row that carries many messages (a bundle): its
-// payload is a JSON array of {"id", "subject", "data"} objects, data being the message's JSON payload.
-// The relay publishes every message of a bundle, in order, each with its own Nats-Msg-Id. Writers
-// that build outbox rows in SQL (jsonb_agg) may write bundles directly.
+// BundleSubject is the subject column of an outbox row that carries many messages (a bundle, see
+// encodeBundle). The relay publishes every message of a bundle, in order, each with its own
+// Nats-Msg-Id.
 const BundleSubject = "$fleetshift.outbox.bundle"
 
 // BundleMin is the number of messages from which Add writes bundles instead of one row per message.
@@ -51,39 +51,26 @@ const BundleMin = 64
 // bundleMax is the most messages one bundle row carries.
 const bundleMax = 10_000
 
-// Add writes msgs in tx. They are published after tx commits, and never if it rolls back. Many JSON
-// messages are written as a few bundle rows (see BundleSubject), so large transactions cost one row
-// per bundleMax messages.
+// Add writes msgs in tx. They are published after tx commits, and never if it rolls back. From
+// BundleMin messages on they are written as bundle rows (see BundleSubject) of up to 10,000 messages.
 func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	switch {
-	case len(msgs) >= BundleMin && allJSON(msgs):
-		b := &pgx.Batch{}
+	// Many messages become a few bundle rows: one row to write, claim and delete per bundleMax.
+	b := &pgx.Batch{}
+	if len(msgs) >= BundleMin {
 		for lo := 0; lo < len(msgs); lo += bundleMax {
 			b.Queue(`INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)`,
 				"bundle-"+uuid.NewString(), BundleSubject, encodeBundle(msgs[lo:min(lo+bundleMax, len(msgs))]))
 		}
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("write outbox bundle of %d messages: %w", len(msgs), err)
-		}
-	case len(msgs) < BundleMin:
-		b := &pgx.Batch{}
+	} else {
 		for _, m := range msgs {
 			b.Queue(`INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)`, idOf(m), m.Subject, m.Payload)
 		}
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("write outbox: %w", err)
-		}
-	default:
-		rows := make([][]any, len(msgs))
-		for i, m := range msgs {
-			rows[i] = []any{idOf(m), m.Subject, m.Payload}
-		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"msg_id", "subject", "payload"}, pgx.CopyFromRows(rows)); err != nil {
-			return fmt.Errorf("write outbox: %w", err)
-		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write outbox (%d messages): %w", len(msgs), err)
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel); err != nil {
 		return fmt.Errorf("signal outbox: %w", err)
@@ -91,45 +78,37 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	return nil
 }
 
-func allJSON(msgs []Message) bool {
-	for _, m := range msgs {
-		if !json.Valid(m.Payload) {
-			return false
-		}
-	}
-	return true
-}
-
-// bundled is one message of a bundle row.
-type bundled struct {
-	ID      string          `json:"id"`
-	Subject string          `json:"subject"`
-	Data    json.RawMessage `json:"data"`
-}
-
-// encodeBundle renders msgs (JSON payloads) as a bundle payload.
+// encodeBundle renders msgs as a bundle payload: for each message, its id, subject and payload, each
+// preceded by its length as a uvarint.
 func encodeBundle(msgs []Message) []byte {
-	n := 2
+	n := 0
 	for _, m := range msgs {
-		n += len(m.Payload) + len(m.Subject) + 80
+		n += len(m.ID) + len(m.Subject) + len(m.Payload) + 3*binary.MaxVarintLen32 + 36
 	}
 	b := make([]byte, 0, n)
-	b = append(b, '[')
-	for i, m := range msgs {
-		if i > 0 {
-			b = append(b, ',')
+	for _, m := range msgs {
+		for _, f := range [][]byte{[]byte(idOf(m)), []byte(m.Subject), m.Payload} {
+			b = binary.AppendUvarint(b, uint64(len(f)))
+			b = append(b, f...)
 		}
-		id, _ := json.Marshal(idOf(m)) // strings always encode
-		subj, _ := json.Marshal(m.Subject)
-		b = append(b, `{"id":`...)
-		b = append(b, id...)
-		b = append(b, `,"subject":`...)
-		b = append(b, subj...)
-		b = append(b, `,"data":`...)
-		b = append(b, m.Payload...)
-		b = append(b, '}')
 	}
-	return append(b, ']')
+	return b
+}
+
+// decodeBundle appends the messages of a bundle payload to msgs. The messages share b's memory.
+func decodeBundle(b []byte, msgs []*nats.Msg) ([]*nats.Msg, error) {
+	var f [3][]byte
+	for len(b) > 0 {
+		for i := range f {
+			n, k := binary.Uvarint(b)
+			if k <= 0 || uint64(len(b)-k) < n {
+				return msgs, errors.New("truncated bundle")
+			}
+			f[i], b = b[k:k+int(n)], b[k+int(n):]
+		}
+		msgs = append(msgs, newMsg(string(f[0]), string(f[1]), f[2]))
+	}
+	return msgs, nil
 }
 
 func idOf(m Message) string {
@@ -264,14 +243,10 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 			msgs = append(msgs, newMsg(c.id, c.subject, c.payload))
 			continue
 		}
-		var b []bundled
-		if err := json.Unmarshal(c.payload, &b); err != nil {
-			// Unreadable bundles are never written; keeping one would block the relay forever.
-			r.log.Error().Err(err).Int64("seq", c.seq).Msg("outbox relay: dropping an unreadable bundle")
-			continue
-		}
-		for _, m := range b {
-			msgs = append(msgs, newMsg(m.ID, m.Subject, m.Data))
+		var err error
+		if msgs, err = decodeBundle(c.payload, msgs); err != nil {
+			// Add never writes such a bundle; keeping it would block the relay forever.
+			r.log.Error().Err(err).Int64("seq", c.seq).Msg("outbox relay: dropping the rest of an unreadable bundle")
 		}
 	}
 	if err := publishAll(ctx, r.js, msgs); err != nil {
