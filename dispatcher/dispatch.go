@@ -167,6 +167,20 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		schedUUIDs, schedVersions = append(schedUUIDs, w.DeviceUUID), append(schedVersions, w.Version)
 	}
 
+	// Devices first (the skip below then only looks at what is still pending), events after, the
+	// rollout's before its devices'.
+	var devEvs []events.Event
+	if len(schedUUIDs) > 0 {
+		if devEvs, err = s.markScheduled(ctx, tx, cmd, r, schedUUIDs, schedVersions); err != nil {
+			return res, err
+		}
+		if len(devEvs) != len(schedUUIDs) {
+			// The rollout is locked, so only a writer bypassing its lock could do this: retry.
+			return res, fmt.Errorf("scheduled %d of %d pending devices", len(devEvs), len(schedUUIDs))
+		}
+	}
+	res.Scheduled = len(schedUUIDs)
+
 	// Skipped: the candidates whose target no longer runs the repository, and pending devices of the
 	// batch that have no target state at all.
 	tag, err := tx.Exec(ctx, `
@@ -183,7 +197,6 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, fmt.Errorf("skip devices: %w", err)
 	}
 	res.Skipped = int(tag.RowsAffected())
-	res.Scheduled = len(schedUUIDs)
 	if win.limit > 0 && plan.candidates == win.limit {
 		if err := continueChunk(ctx, tx, s.subj, cmd, plan.last); err != nil {
 			return res, err
@@ -204,8 +217,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, fmt.Errorf("advance rollout: %w", err)
 	}
 
-	// The rollout's events first, so they precede its devices' in rollout_events and on the stream.
-	evs := make([]events.Event, 0, 2)
+	evs := make([]events.Event, 0, 2+len(devEvs))
 	if r.notStarted {
 		evs = append(evs, events.Event{
 			Type: streams.EventRolloutStarted, RolloutID: cmd.RolloutID,
@@ -221,18 +233,8 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 				"scheduled": res.Scheduled, "skipped": res.Skipped},
 		})
 	}
-	if err := events.Record(ctx, tx, s.subj, evs...); err != nil {
+	if err := events.Record(ctx, tx, s.subj, append(evs, devEvs...)...); err != nil {
 		return res, err
-	}
-	if len(schedUUIDs) > 0 {
-		n, err := s.markScheduled(ctx, tx, cmd, r, schedUUIDs, schedVersions)
-		if err != nil {
-			return res, err
-		}
-		if n != len(schedUUIDs) {
-			// The rollout is locked, so only a writer bypassing its lock could do this: retry.
-			return res, fmt.Errorf("scheduled %d of %d pending devices", n, len(schedUUIDs))
-		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("commit: %w", err)
@@ -242,8 +244,8 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 }
 
 // markScheduled moves the devices uuids (target generation versions) from pending to scheduled and
-// records each one's image.device_scheduled event. It returns how many devices it moved.
-func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) (int, error) {
+// returns the image.device_scheduled event of each device it moved, for the caller to record.
+func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `
 		UPDATE device_rollout_status d SET
 			status = 'scheduled',
@@ -260,7 +262,7 @@ func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.Disp
 		RETURNING d.device_uuid, d.old_image, d.target_version`,
 		cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, uuids, versions)
 	if err != nil {
-		return 0, fmt.Errorf("schedule devices: %w", err)
+		return nil, fmt.Errorf("schedule devices: %w", err)
 	}
 	msg := "scheduled for " + r.newImage
 	evs := make([]events.Event, 0, len(uuids))
@@ -270,7 +272,7 @@ func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.Disp
 		data := deviceScheduledData{Batch: cmd.Batch, NewImage: r.newImage}
 		if err := rows.Scan(&uuid, &oldImage, &data.TargetVersion); err != nil {
 			rows.Close()
-			return 0, fmt.Errorf("schedule devices: %w", err)
+			return nil, fmt.Errorf("schedule devices: %w", err)
 		}
 		if oldImage != nil {
 			data.OldImage = *oldImage
@@ -279,9 +281,9 @@ func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.Disp
 			DeviceUUID: uuid, Message: msg, Data: data})
 	}
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("schedule devices: %w", err)
+		return nil, fmt.Errorf("schedule devices: %w", err)
 	}
-	return len(evs), events.Record(ctx, tx, s.subj, evs...)
+	return evs, nil
 }
 
 // deviceScheduledData is the data of an image.device_scheduled event.
