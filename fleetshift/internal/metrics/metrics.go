@@ -5,7 +5,9 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -57,8 +60,10 @@ func (r *Registry) Middleware() fiber.Handler {
 		start := time.Now()
 		err := c.Next()
 		status := c.Response().StatusCode()
-		if err != nil {
-			if fe, ok := err.(*fiber.Error); ok {
+		if err != nil { // the error handler writes the status after this middleware returns
+			status = apierr.Status(err)
+			var fe *fiber.Error
+			if errors.As(err, &fe) {
 				status = fe.Code
 			}
 		}
@@ -66,7 +71,8 @@ func (r *Registry) Middleware() fiber.Handler {
 		if rt := c.Route(); rt != nil && rt.Path != "/" && rt.Path != "" {
 			route = rt.Path
 		}
-		r.http.WithLabelValues(c.Method(), route, strconv.Itoa(status)).Observe(time.Since(start).Seconds())
+		// Fiber's strings point into reused request buffers; Prometheus keeps label values, so clone them.
+		r.http.WithLabelValues(strings.Clone(c.Method()), strings.Clone(route), strconv.Itoa(status)).Observe(time.Since(start).Seconds())
 		return err
 	}
 }
