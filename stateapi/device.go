@@ -154,10 +154,13 @@ func (s *Service) insertDevice(ctx context.Context, tx pgx.Tx, d newDevice) (cre
 }
 
 // deviceState: GET /api/v1/device/:uuid/state. An unchanged poll is answered from the cache.
+//
+// The unchanged poll allocates nothing of its own: the uuid is looked up in place (Fiber's buffer) and
+// copied only when a database read may cache it.
 func (s *Service) deviceState(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
-	if err != nil {
-		return err
+	id := c.Params("uuid")
+	if !validDeviceUUID(id) {
+		return deviceUUIDParamErr(c)
 	}
 	key := deviceKey(c)
 	if key == "" {
@@ -174,6 +177,7 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 			return sendState(c, snap.etag, snap.body)
 		}
 	}
+	id = strings.Clone(id) // it may become a cache key
 	ctx := c.UserContext()
 	f := s.cache.begin(id)
 	defer s.cache.end(f)
@@ -185,7 +189,7 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 		etag           string
 		deviceNotFound bool
 	)
-	err = s.cfg.Pool.QueryRow(ctx, `SELECT d.api_key_hash, d.revoked_at IS NOT NULL, t.apps, t.config,
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.api_key_hash, d.revoked_at IS NOT NULL, t.apps, t.config,
 			coalesce(t.version, 0), coalesce(t.etag, '0')
 		FROM devices d LEFT JOIN device_target_state t ON t.device_uuid = d.uuid WHERE d.uuid = $1`, id).
 		Scan(&stored, &revoked, &apps, &cfg, &version, &etag)
@@ -229,14 +233,28 @@ func (s *Service) deviceByKey(ctx context.Context, hash [32]byte) (string, error
 	return id, nil
 }
 
+// deviceUUIDParamErr is the error deviceUUIDParam gives for the request's invalid uuid.
+func deviceUUIDParamErr(c *fiber.Ctx) error {
+	_, err := deviceUUIDParam(c)
+	return err
+}
+
+// setETag sets the ETag header to the quoted etag without allocating (fasthttp copies the value).
+func setETag(c *fiber.Ctx, etag string) {
+	var buf [96]byte
+	b := append(buf[:0], '"')
+	b = append(b, etag...)
+	c.Response().Header.SetBytesV(fiber.HeaderETag, append(b, '"'))
+}
+
 func notModified(c *fiber.Ctx, etag string) error {
-	c.Set(fiber.HeaderETag, quoteETag(etag))
+	setETag(c, etag)
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	return c.SendStatus(fiber.StatusNotModified)
 }
 
 func sendState(c *fiber.Ctx, etag string, body []byte) error {
-	c.Set(fiber.HeaderETag, quoteETag(etag))
+	setETag(c, etag)
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	return c.Status(fiber.StatusOK).Send(body)
