@@ -48,6 +48,27 @@ type rollout struct {
 	totalBatches   int
 	notStarted     bool
 	healthTimeoutS float64
+	// healthCheck is the policy's health_check_config (health checks on, config not empty): it is handed
+	// to the devices with the new image, as each moved service's "healthCheck".
+	healthCheck map[string]any
+}
+
+// serviceFields are the fields set on every service the dispatch moves: the policy's health check, with
+// the policy's timeout as its overall deadline unless the config sets one.
+func (r rollout) serviceFields() map[string]any {
+	if len(r.healthCheck) == 0 {
+		return nil
+	}
+	hc := make(map[string]any, len(r.healthCheck)+1)
+	for k, v := range r.healthCheck {
+		hc[k] = v
+	}
+	if _, ok := hc["deadline_seconds"]; !ok {
+		if _, ok := hc["health_check_timeout_seconds"]; !ok {
+			hc["health_check_timeout_seconds"] = r.healthTimeoutS
+		}
+	}
+	return map[string]any{"healthCheck": hc}
 }
 
 // outcome is what the rewrite decided for one candidate.
@@ -99,11 +120,15 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		       r.current_batch = 0, -- never dispatched: the planner sets started_at, so it cannot tell
 		       COALESCE(CASE WHEN jsonb_typeof(r.policy->'health_check_timeout_seconds') = 'number'
 		                     THEN (r.policy->>'health_check_timeout_seconds')::double precision END,
-		                p.health_check_timeout_seconds, 300)
+		                p.health_check_timeout_seconds, 300),
+		       CASE WHEN COALESCE((r.policy->>'health_check_enabled')::boolean, p.health_check_enabled, true)
+		                 AND jsonb_typeof(COALESCE(r.policy->'health_check_config', p.health_check_config)) = 'object'
+		                 AND COALESCE(r.policy->'health_check_config', p.health_check_config) <> '{}'::jsonb
+		            THEN COALESCE(r.policy->'health_check_config', p.health_check_config) END
 		FROM image_rollouts r LEFT JOIN image_update_policies p ON p.id = r.policy_id
 		WHERE r.rollout_id = $1
 		FOR UPDATE OF r`, cmd.RolloutID).
-		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &r.healthTimeoutS)
+		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &r.healthTimeoutS, &r.healthCheck)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return res, nil
 	}
@@ -150,7 +175,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	if err != nil {
 		return res, fmt.Errorf("read pending devices: %w", err)
 	}
-	plan, err := rewrite(groups, r.repository, r.newImage)
+	plan, err := rewrite(groups, r.repository, r.newImage, r.serviceFields())
 	if err != nil {
 		return res, err
 	}
@@ -316,12 +341,12 @@ type writePlan struct {
 // rewrite decides, for every group of devices sharing a target document, whether that document is
 // rewritten to image (only the services that run repository change), already runs it, or no longer
 // runs the repository. Each distinct document is decoded, rewritten and encoded once.
-func rewrite(groups []group, repository, image string) (writePlan, error) {
+func rewrite(groups []group, repository, image string, set map[string]any) (writePlan, error) {
 	p := writePlan{write: target.ImageWrite{Repository: repository, Image: image}}
 	for _, g := range groups {
 		p.candidates += len(g.uuids)
 		p.last = max(p.last, g.last)
-		o, apps, err := rewriteOne(g.apps, repository, image)
+		o, apps, err := rewriteOne(g.apps, repository, image, set)
 		if err != nil {
 			return p, fmt.Errorf("rewrite target of %s: %w", g.uuids[0], err)
 		}
@@ -347,14 +372,14 @@ func rewrite(groups []group, repository, image string) (writePlan, error) {
 	return p, nil
 }
 
-func rewriteOne(raw []byte, repository, image string) (outcome, target.Apps, error) {
+func rewriteOne(raw []byte, repository, image string, set map[string]any) (outcome, target.Apps, error) {
 	var apps target.Apps
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber() // numbers (app ids...) survive the rewrite exactly
 	if err := dec.Decode(&apps); err != nil {
 		return 0, nil, fmt.Errorf("decode apps: %w", err)
 	}
-	next, changed, _ := target.SetImage(apps, repository, image, nil)
+	next, changed, _ := target.SetImageWith(apps, repository, image, nil, set)
 	if changed {
 		return outcomeWrite, next, nil
 	}

@@ -422,7 +422,7 @@ func TestNewValidatesConfig(t *testing.T) {
 func TestRewriteKeepsNumbersAndUnknownFields(t *testing.T) {
 	t.Parallel()
 	raw := `{"1":{"appId":12345678901234567,"services":[{"imageName":"docker.io/acme/app:1.0","x":{"y":[1.50,2]}}]}}`
-	o, apps, err := rewriteOne([]byte(raw), repository, newImage)
+	o, apps, err := rewriteOne([]byte(raw), repository, newImage, nil)
 	require.NoError(t, err)
 	require.Equal(t, outcomeWrite, o)
 	out, err := json.Marshal(apps)
@@ -430,13 +430,40 @@ func TestRewriteKeepsNumbersAndUnknownFields(t *testing.T) {
 	require.JSONEq(t, `{"1":{"appId":12345678901234567,"services":[{"imageName":"acme/app:1.1","config":{"image":"acme/app:1.1"},"x":{"y":[1.50,2]}}]}}`, string(out))
 	require.Contains(t, string(out), "12345678901234567")
 
-	o, _, err = rewriteOne([]byte(`{"1":{"services":[{"imageName":"acme/app:1.1"}]}}`), repository, newImage)
+	o, _, err = rewriteOne([]byte(`{"1":{"services":[{"imageName":"acme/app:1.1"}]}}`), repository, newImage, nil)
 	require.NoError(t, err)
 	require.Equal(t, outcomeCurrent, o)
-	o, _, err = rewriteOne([]byte(otherApps), repository, newImage)
+	o, _, err = rewriteOne([]byte(otherApps), repository, newImage, nil)
 	require.NoError(t, err)
 	require.Equal(t, outcomeSkip, o)
-	_, _, err = rewriteOne([]byte(`[`), repository, newImage)
+	_, _, err = rewriteOne([]byte(`[`), repository, newImage, nil)
 	require.Error(t, err)
 	require.False(t, errors.Is(err, errPermanent))
+}
+
+// TestPolicyHealthCheckIsHandedToDevices: with health checks on, the policy's health_check_config goes to
+// every moved service as "healthCheck" (with the policy's timeout as its deadline); with checks off it does not.
+func TestPolicyHealthCheckIsHandedToDevices(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, c := range []struct {
+		name    string
+		enabled bool
+	}{{"on", true}, {"off", false}} {
+		devs := b.devices(t, "hc-"+c.name, 2, deviceApps)
+		id := b.rollout(t, "in_progress", devs)
+		_, err := b.db.Pool.Exec(b.ctx, `UPDATE image_rollouts SET policy = policy || jsonb_build_object('health_check_enabled', $2::boolean,
+			'health_check_config', '{"type": "http", "url": "http://127.0.0.1:8080/healthz", "expected_status": 200}'::jsonb) WHERE rollout_id = $1`, id, c.enabled)
+		require.NoError(t, err)
+		_, err = b.svc.Dispatch(b.ctx, streams.DispatchV1{RolloutID: id, Batch: 1})
+		require.NoError(t, err)
+		var hc []byte
+		require.NoError(t, b.db.Pool.QueryRow(b.ctx, `SELECT s->'healthCheck' FROM device_target_state t,
+			jsonb_array_elements(t.apps->'1'->'services') s WHERE t.device_uuid = $1 AND s->>'imageName' = $2`, devs[0], newImage).Scan(&hc))
+		if !c.enabled {
+			require.Nil(t, hc, "health checks off: no healthCheck handed down")
+			continue
+		}
+		require.JSONEq(t, `{"type": "http", "url": "http://127.0.0.1:8080/healthz", "expected_status": 200, "health_check_timeout_seconds": 120}`, string(hc))
+	}
 }

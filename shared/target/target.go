@@ -111,6 +111,12 @@ func serviceImage(svc map[string]any) string {
 // Other apps and services are untouched. It reports whether anything changed and the first old
 // image it replaced.
 func SetImage(apps Apps, repository, image string, keep func(imageref.Ref) bool) (Apps, bool, string) {
+	return SetImageWith(apps, repository, image, keep, nil)
+}
+
+// SetImageWith is SetImage that also sets each field of set on every service it moves (e.g. the
+// policy's health check as "healthCheck"), so devices receive it with the new image.
+func SetImageWith(apps Apps, repository, image string, keep func(imageref.Ref) bool, set map[string]any) (Apps, bool, string) {
 	out := make(Apps, len(apps))
 	changed, old := false, ""
 	for id, a := range apps {
@@ -142,6 +148,9 @@ func SetImage(apps Apps, repository, image string, keep func(imageref.Ref) bool)
 			}
 			ns := make(map[string]any, len(svc)+1)
 			for k, v := range svc {
+				ns[k] = v
+			}
+			for k, v := range set {
 				ns[k] = v
 			}
 			ns["imageName"] = image
