@@ -260,7 +260,10 @@ func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
 			WHERE s.reported_at <= EXCLUDED.reported_at
 		)
 		UPDATE devices d SET is_online = true, last_seen_at = GREATEST(d.last_seen_at, r.at)
-		FROM r WHERE d.uuid = r.device_uuid`, uuids, raws, ats); err != nil {
+		FROM r WHERE d.uuid = r.device_uuid
+		  -- last_seen_at is kept to 30 s (device_current_state.reported_at is exact): rewriting every
+		  -- device row on every report costs a new tuple and an entry in every index of devices.
+		  AND (NOT d.is_online OR d.last_seen_at IS NULL OR d.last_seen_at < r.at - interval '30 seconds')`, uuids, raws, ats); err != nil {
 		return fmt.Errorf("store current state: %w", err)
 	}
 	return nil

@@ -91,6 +91,8 @@ type Config struct {
 	CacheTTL time.Duration
 	// TokenTTL is the lifetime of issued user JWTs (default 1h; clients reconnect and are re-checked).
 	TokenTTL time.Duration
+	// Workers answer requests concurrently (default 32): each first connect of a device costs a query.
+	Workers int
 }
 
 // Service answers authorization requests.
@@ -122,17 +124,32 @@ func New(cfg Config) (*Service, error) {
 	if cfg.TokenTTL == 0 {
 		cfg.TokenTTL = time.Hour
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 32
+	}
 	return &Service{cfg: cfg, issuer: kp, cache: map[string]cacheEntry{}}, nil
 }
 
 // Run answers requests until ctx ends. It also listens for device revocations and disconnects the
 // revoked device when the server is embedded.
 func (s *Service) Run(ctx context.Context) error {
-	sub, err := s.cfg.NC.QueueSubscribe(RequestSubject, "fleetshift-auth", func(m *nats.Msg) {
-		reqCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		_ = m.Respond(s.handle(reqCtx, m.Data))
-	})
+	// A reconnect storm (thousands of devices at once) must neither drop requests nor answer them one
+	// by one: requests queue in a large buffer and a bounded pool answers them concurrently.
+	work := make(chan *nats.Msg, 64*1024)
+	var wg sync.WaitGroup
+	for range s.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				reqCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_ = m.Respond(s.handle(reqCtx, m.Data))
+				cancel()
+			}
+		}()
+	}
+	defer func() { close(work); wg.Wait() }()
+	sub, err := s.cfg.NC.ChanQueueSubscribe(RequestSubject, "fleetshift-auth", work)
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
 	}
@@ -145,7 +162,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	_ = revoked.Unsubscribe()
-	return sub.Drain()
+	return sub.Unsubscribe()
 }
 
 // Revoke refuses the device from now on (until it is looked up again and found valid in PostgreSQL)
