@@ -101,7 +101,11 @@ type Service struct {
 	issuer nkeys.KeyPair
 	mu     sync.Mutex
 	cache  map[string]cacheEntry // device uuid -> key hash
+	ready  chan struct{}
 }
+
+// Ready is closed once Run answers requests.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 type cacheEntry struct {
 	hash    [32]byte
@@ -127,7 +131,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 32
 	}
-	return &Service{cfg: cfg, issuer: kp, cache: map[string]cacheEntry{}}, nil
+	return &Service{cfg: cfg, issuer: kp, cache: map[string]cacheEntry{}, ready: make(chan struct{})}, nil
 }
 
 // Run answers requests until ctx ends. It also listens for device revocations and disconnects the
@@ -136,6 +140,10 @@ func (s *Service) Run(ctx context.Context) error {
 	// A reconnect storm (thousands of devices at once) must neither drop requests nor answer them one
 	// by one: requests queue in a large buffer and a bounded pool answers them concurrently.
 	work := make(chan *nats.Msg, 64*1024)
+	sub, err := s.cfg.NC.ChanQueueSubscribe(RequestSubject, "fleetshift-auth", work)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
+	}
 	var wg sync.WaitGroup
 	for range s.cfg.Workers {
 		wg.Add(1)
@@ -149,10 +157,6 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 	}
 	defer func() { close(work); wg.Wait() }()
-	sub, err := s.cfg.NC.ChanQueueSubscribe(RequestSubject, "fleetshift-auth", work)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
-	}
 	revoked, err := s.cfg.NC.Subscribe(s.cfg.Subjects.DeviceRevoked(), func(m *nats.Msg) {
 		s.Revoke(string(m.Data))
 	})
@@ -160,6 +164,11 @@ func (s *Service) Run(ctx context.Context) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribe device revocations: %w", err)
 	}
+	if err := s.cfg.NC.Flush(); err != nil { // the server knows the subscriptions before Ready
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
+	}
+	close(s.ready)
 	<-ctx.Done()
 	_ = revoked.Unsubscribe()
 	return sub.Unsubscribe()

@@ -72,8 +72,10 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	go svc.Run(ctx)
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
+	select {
+	case <-svc.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("auth callout not ready")
 	}
 	// Publish a target for each device, as the dispatcher would.
 	for _, u := range []string{"dev-a", "dev-b"} {

@@ -232,6 +232,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var calloutReady <-chan struct{}
 	if s.natsIssuerSeed != "" && slices.Contains(roles, RoleStateAPI) {
 		var embedded *natsserver.Server
 		if s.Embedded != nil {
@@ -243,6 +244,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			return nil, err
 		}
 		runners = append(runners, namedRunner{"natsauth", callout})
+		calloutReady = callout.Ready()
 	}
 	runners = append(runners, namedRunner{"outbox", outbox.NewRelay(s.Pool, s.JS, logging.Component(log, "outbox"), nil)})
 	for _, r := range runners {
@@ -262,6 +264,14 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	})
 	s.app.Use(func(c *fiber.Ctx) error { return apierr.FiberErrorHandler(c, fiber.ErrNotFound) })
 
+	if calloutReady != nil { // devices may connect as soon as Start returns
+		select {
+		case <-calloutReady:
+		case <-time.After(15 * time.Second):
+			cancel()
+			return nil, errors.New("nats auth callout did not start within 15s")
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		cancel()
