@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fleetshift/fleetshift/migrations"
+	"github.com/fleetshift/fleetshift/shared/pg"
 )
 
 // DB is a test database.
@@ -102,11 +103,9 @@ func New(t testing.TB) *DB {
 	if createErr != nil {
 		t.Fatalf("pgtest: create database %s: %v", name, createErr)
 	}
-	cfg, _ := adminConfig()
-	cfg.Database = name
-	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
-	if cfg.Password != "" {
-		url = fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Password, cfg.Host, cfg.Port, name)
+	url, err := pg.WithDatabase(ServerURL(), name)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {

@@ -7,16 +7,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/agent/sim"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
@@ -44,14 +40,15 @@ func Run(ctx context.Context, o Options) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(out, "[%5.1fs] "+format+"\n", append([]any{time.Since(started).Seconds()}, args...)...)
 	}
-	dbURL, name, drop, err := throwawayDatabase(ctx, cmp.Or(o.ServerURL, os.Getenv("DATABASE_URL"), pg.DefaultLocalURL))
+	scratch, err := pg.CreateScratch(ctx, cmp.Or(o.ServerURL, os.Getenv("DATABASE_URL"), pg.DefaultLocalURL), "fleetshift_demo_")
 	if err != nil {
-		return err
+		return fmt.Errorf("the demo needs a PostgreSQL server (set DATABASE_URL): %w", err)
 	}
 	if o.OnDatabase != nil {
-		o.OnDatabase(name)
+		o.OnDatabase(scratch.Name)
 	}
-	defer drop()
+	defer scratch.Drop(ctx)
+	dbURL := scratch.URL
 	dataDir, err := os.MkdirTemp("", "fleetshift-demo-")
 	if err != nil {
 		return fmt.Errorf("create demo data dir: %w", err)
@@ -158,38 +155,6 @@ func until(ctx context.Context, timeout time.Duration, ok func() bool) error {
 		}
 	}
 	return nil
-}
-
-// throwawayDatabase creates fleetshift_demo_<random> on the server of url and returns its URL and a drop func.
-func throwawayDatabase(ctx context.Context, url string) (string, string, func(), error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return "", "", nil, fmt.Errorf("database url: %w", err)
-	}
-	cfg.Database = "postgres"
-	admin, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return "", "", nil, fmt.Errorf("the demo needs a PostgreSQL server (set DATABASE_URL): %w", err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "fleetshift_demo_" + hex.EncodeToString(b)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close(ctx)
-		return "", "", nil, fmt.Errorf("create demo database: %w", err)
-	}
-	drop := func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = admin.Exec(dctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		admin.Close(dctx)
-	}
-	cfg.Database = name
-	u := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
-	if cfg.Password != "" {
-		u = fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Password, cfg.Host, cfg.Port, name)
-	}
-	return u, name, drop, nil
 }
 
 type client struct{ base, token string }
