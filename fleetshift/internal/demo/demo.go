@@ -4,10 +4,8 @@
 package demo
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fleetshift/fleetshift/agent/sim"
+	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
@@ -69,15 +68,15 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer srv.Shutdown()
 	say("server up: HTTP %s, NATS %s, throwaway database", srv.HTTPURL, srv.NATSURL)
-	api := &client{base: srv.HTTPURL, token: srv.AdminToken}
+	api := &client{Client: cli.Client{BaseURL: srv.HTTPURL, Token: srv.AdminToken, HTTP: http.DefaultClient}}
 
 	var key struct {
 		Key string `json:"key"`
 	}
-	if err := api.do(ctx, "POST", "/api/v1/provisioning-keys", map[string]any{"fleet_id": "demo"}, &key); err != nil {
+	if err := api.Do(ctx, "POST", "/api/v1/provisioning-keys", map[string]any{"fleet_id": "demo"}, &key); err != nil {
 		return err
 	}
-	if err := api.do(ctx, "POST", "/api/v1/image-policies", map[string]any{
+	if err := api.Do(ctx, "POST", "/api/v1/image-policies", map[string]any{
 		"image_pattern": "acme/app:*", "update_strategy": "staged", "batch_percentages": []int{10, 50, 100},
 		"batch_delay_seconds": 1, "health_check_enabled": true, "health_check_timeout_seconds": 20,
 		"auto_rollback_enabled": true, "max_failure_rate": 0.2, "min_sample_size": 10,
@@ -157,39 +156,15 @@ func until(ctx context.Context, timeout time.Duration, ok func() bool) error {
 	return nil
 }
 
-type client struct{ base, token string }
-
-func (c *client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if res.StatusCode >= 300 {
-		return fmt.Errorf("%s %s: %d %s", method, path, res.StatusCode, raw)
-	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
-}
+// client is the admin API client with the demo's few rollout helpers.
+type client struct{ cli.Client }
 
 func (c *client) webhook(ctx context.Context, token, repo, tag string) error {
 	body := map[string]any{"push_data": map[string]any{"tag": tag, "pushed_at": time.Now().Unix(), "pusher": "demo"},
 		"repository": map[string]any{"repo_name": repo}}
-	return (&client{base: c.base, token: token}).do(ctx, "POST", "/api/v1/webhooks/docker-registry", body, nil)
+	hook := c.Client
+	hook.Token = token // registries present the webhook token as a bearer token too
+	return hook.Do(ctx, "POST", "/api/v1/webhooks/docker-registry", body, nil)
 }
 
 type rollout struct {
@@ -206,7 +181,7 @@ type rollout struct {
 
 func (c *client) rollout(ctx context.Context, id string) (rollout, error) {
 	var r rollout
-	err := c.do(ctx, "GET", "/api/v1/rollouts/"+id, nil, &r)
+	err := c.Do(ctx, "GET", "/api/v1/rollouts/"+id, nil, &r)
 	return r, err
 }
 
@@ -217,7 +192,7 @@ func (c *client) follow(ctx context.Context, repo, tag string, say func(string, 
 		var list struct {
 			Rollouts []rollout `json:"rollouts"`
 		}
-		if c.do(ctx, "GET", "/api/v1/rollouts?image_name="+repo, nil, &list) != nil {
+		if c.Do(ctx, "GET", "/api/v1/rollouts?image_name="+repo, nil, &list) != nil {
 			return false
 		}
 		for _, x := range list.Rollouts {
