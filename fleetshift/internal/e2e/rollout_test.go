@@ -84,7 +84,7 @@ func (e *env) countersAgree(id string) {
 		SELECT r.updated_devices = count(*) FILTER (WHERE d.status = 'completed')
 		   AND r.failed_devices = count(*) FILTER (WHERE d.status = 'failed')
 		   AND r.rolled_back_devices = count(*) FILTER (WHERE d.status = 'rolled_back')
-		   AND r.total_devices = count(*) FILTER (WHERE d.status <> 'skipped' OR true),
+		   AND r.total_devices = count(*),
 		       format('updated %s/%s failed %s/%s rolled_back %s/%s total %s/%s', r.updated_devices,
 		              count(*) FILTER (WHERE d.status = 'completed'), r.failed_devices, count(*) FILTER (WHERE d.status = 'failed'),
 		              r.rolled_back_devices, count(*) FILTER (WHERE d.status = 'rolled_back'), r.total_devices, count(*))
