@@ -1,5 +1,5 @@
 -- fleetshift initial schema. PostgreSQL is the system of record; JetStream carries work and events.
--- Names listed in CONTRACT.md are kept exactly (the seed's documented SQL runs unchanged).
+-- Names listed in docs/contract.md are kept exactly (the seed's documented SQL runs unchanged).
 
 -- Fleets: a default target state that devices registering into the fleet start with.
 CREATE TABLE fleet_target_state (
@@ -185,27 +185,6 @@ CREATE TABLE rollout_events (
     "timestamp" timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX rollout_events_rollout_idx ON rollout_events (rollout_id, id);
-
--- Transactional outbox: rows written in the same transaction as the state change they announce; the relay
--- publishes them to JetStream with Nats-Msg-Id = msg_id and deletes them.
-CREATE TABLE outbox (
-    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    msg_id     text        NOT NULL,
-    subject    text        NOT NULL,
-    payload    bytea       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-
--- Operator tokens (the bootstrap admin token lives in config, not here). Only hashes are kept.
-CREATE TABLE api_tokens (
-    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    name         text        NOT NULL,
-    scope        text        NOT NULL CHECK (scope IN ('read', 'operate', 'admin')),
-    token_hash   bytea       NOT NULL UNIQUE,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    last_used_at timestamptz,
-    revoked_at   timestamptz
-);
 
 CREATE VIEW active_rollouts AS
 SELECT r.rollout_id,
