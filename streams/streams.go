@@ -8,6 +8,7 @@
 //	TARGETS  <p>.device.*.target           each device's latest target state (one message kept per subject)
 //	REPORTS  <p>.device.*.state            device current-state reports, consumed by healthwatch
 //	EVENTS   <p>.events.<type>.<rollout>   every rollout event, for operators to tail and replay
+//	DEADLETTER <p>.deadletter.<stream>     messages a consumer terminated because they can never succeed
 package streams
 
 import (
@@ -27,6 +28,21 @@ const (
 	ConsumerPlanner     = "planner"
 	ConsumerDispatcher  = "dispatcher"
 	ConsumerHealthwatch = "healthwatch"
+)
+
+// MaxDeliver is how often a message is delivered to a consumer before it gives up on it: a consumer
+// dead-letters a message that still fails on its MaxDeliver-th delivery.
+const MaxDeliver = 20
+
+// Headers of a dead-lettered message (its payload is the original message's).
+const (
+	HeaderDLSubject  = "Fleet-Original-Subject" // the subject the message was published to
+	HeaderDLStream   = "Fleet-Original-Stream"  // the stream it was stored in
+	HeaderDLSeq      = "Fleet-Stream-Seq"       // its sequence in that stream
+	HeaderDLConsumer = "Fleet-Consumer"         // the durable that gave up on it
+	HeaderDLReason   = "Fleet-Reason"           // short class: decode, invalid, data, max_deliver
+	HeaderDLError    = "Fleet-Error"            // the error, as text
+	HeaderDLDelivery = "Fleet-Delivered"        // how often it had been delivered
 )
 
 // Subjects builds every subject and stream name from one prefix. The zero value is not usable; use New.
@@ -53,6 +69,15 @@ func (s Subjects) CommandsStream() string { return s.streamName("COMMANDS") }
 func (s Subjects) TargetsStream() string  { return s.streamName("TARGETS") }
 func (s Subjects) ReportsStream() string  { return s.streamName("REPORTS") }
 func (s Subjects) EventsStream() string   { return s.streamName("EVENTS") }
+func (s Subjects) DeadLetterStream() string {
+	return s.streamName("DEADLETTER")
+}
+
+// DeadLetter is the subject a message of stream is dead-lettered to.
+func (s Subjects) DeadLetter(stream string) string { return s.Prefix + ".deadletter." + stream }
+
+// DeadLetterAll matches every dead-lettered message.
+func (s Subjects) DeadLetterAll() string { return s.Prefix + ".deadletter.>" }
 
 // Push is the subject of normalised registry pushes.
 func (s Subjects) Push() string { return s.Prefix + ".pushes.v1" }
@@ -164,6 +189,8 @@ func (s Subjects) StreamConfigs(o Options) []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      24 * time.Hour,
 			Duplicates:  time.Minute,
+			// healthwatch reads a device's last report (last by subject) before failing it by timeout.
+			AllowDirect: true,
 			Storage:     storage,
 			Replicas:    replicas,
 		},
@@ -176,6 +203,17 @@ func (s Subjects) StreamConfigs(o Options) []jetstream.StreamConfig {
 			Duplicates:  10 * time.Minute,
 			Storage:     storage,
 			Replicas:    replicas,
+		},
+		{
+			Name:        s.DeadLetterStream(),
+			Description: "messages consumers terminated, with the reason in headers",
+			Subjects:    []string{s.DeadLetterAll()},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      30 * 24 * time.Hour,
+			// Msg id <stream>:<seq>: a message dead-lettered twice (crash before Term) is stored once.
+			Duplicates: 10 * time.Minute,
+			Storage:    storage,
+			Replicas:   replicas,
 		},
 	}
 }
@@ -191,7 +229,7 @@ func (s Subjects) Ensure(ctx context.Context, js jetstream.JetStream, o Options)
 }
 
 // ConsumerConfig returns the shared durable consumer a service uses on a stream. Several replicas bind
-// to the same durable and share its messages.
+// to the same durable and share its messages. A message is delivered at most MaxDeliver times.
 func ConsumerConfig(durable string, filter string, ackWait time.Duration) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       durable,
@@ -199,7 +237,7 @@ func ConsumerConfig(durable string, filter string, ackWait time.Duration) jetstr
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       ackWait,
-		MaxDeliver:    -1,
+		MaxDeliver:    MaxDeliver,
 		MaxAckPending: 1000,
 		BackOff:       nil,
 	}

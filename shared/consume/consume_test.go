@@ -1,0 +1,167 @@
+package consume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/natstest"
+	"github.com/fleetshift/fleetshift/shared/wait"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+func TestCheckJSON(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		raw string
+		ok  bool
+	}{
+		{`{"imageName":"x"}`, true},
+		{`{"imageName":"x\u0000"}`, false},
+		{`{"imageName":"x\\u0000"}`, true}, // an escaped backslash, then plain text
+		{`{"a":"\u00e9\ud83d\ude00"}`, true},
+		{`{"a":"\ud83d"}`, false},
+		{`{"a":"\ude00"}`, false},
+		{`{"\u0000":1}`, false},
+		{"{\"a\":\"\xff\"}", false},
+		{`{"a":"\"\u0000"}`, false},
+	} {
+		err := CheckJSON("report", []byte(tc.raw))
+		if tc.ok {
+			require.NoError(t, err, tc.raw)
+			continue
+		}
+		require.Error(t, err, tc.raw)
+		reason, permanent := Classify(err)
+		require.True(t, permanent, tc.raw)
+		require.Equal(t, ReasonInvalid, reason)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err         error
+		permanent   bool
+		reason      string
+		unavailable bool
+	}{
+		{fmt.Errorf("store: %w", &pgconn.PgError{Code: "22P05"}), true, ReasonData, false},
+		{fmt.Errorf("store: %w", &pgconn.PgError{Code: "22003"}), true, ReasonData, false},
+		{fmt.Errorf("store: %w", &pgconn.PgError{Code: "22021"}), true, ReasonData, false},
+		{fmt.Errorf("store: %w", &pgconn.PgError{Code: "23505"}), true, ReasonData, false},
+		{fmt.Errorf("plan: %w", apierr.Invalid("tag", "bad")), true, ReasonInvalid, false},
+		{Permanent(ReasonDecode, errors.New("x")), true, ReasonDecode, false},
+		{fmt.Errorf("apply: %w", &pgconn.PgError{Code: "40001"}), false, "", false},
+		{fmt.Errorf("apply: %w", &pgconn.PgError{Code: "40P01"}), false, "", false},
+		{fmt.Errorf("apply: %w", &pgconn.PgError{Code: "57P01"}), false, "", true},
+		{fmt.Errorf("apply: %w", &pgconn.ConnectError{}), false, "", true},
+	} {
+		reason, permanent := Classify(tc.err)
+		require.Equal(t, tc.permanent, permanent, "%v", tc.err)
+		require.Equal(t, tc.reason, reason, "%v", tc.err)
+		require.Equal(t, tc.unavailable, Unavailable(tc.err), "%v", tc.err)
+	}
+}
+
+type counts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (c *counts) add(consumer, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[consumer+"/"+reason]++
+}
+
+func (c *counts) get(k string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[k]
+}
+
+// TestDeadLetter: a permanent failure is terminated at once and recorded with its reason and origin; a
+// passing failure is redelivered, and dead-lettered on delivery MaxDeliver.
+func TestDeadLetter(t *testing.T) {
+	t.Parallel()
+	ns := natstest.New(t)
+	ctx := context.Background()
+	subj := ns.Subjects
+	cons, err := ns.JS.CreateOrUpdateConsumer(ctx, subj.PushesStream(),
+		streams.ConsumerConfig("test", subj.Push(), 30*time.Second))
+	require.NoError(t, err)
+	c := &counts{m: map[string]int{}}
+	s, err := New(Config{JS: ns.JS, Subjects: subj, Consumer: "test", Log: zerolog.Nop(), Count: c.add,
+		MaxDeliver: 2, MaxDelay: 10 * time.Millisecond})
+	require.NoError(t, err)
+
+	_, err = ns.JS.Publish(ctx, subj.Push(), []byte("poison"))
+	require.NoError(t, err)
+	_, err = ns.JS.Publish(ctx, subj.Push(), []byte("flaky"))
+	require.NoError(t, err)
+
+	next := func() jetstream.Msg {
+		t.Helper()
+		var got jetstream.Msg
+		wait.For(t, 10*time.Second, func() error {
+			b, err := cons.Fetch(1, jetstream.FetchMaxWait(100*time.Millisecond))
+			if err != nil {
+				return err
+			}
+			for m := range b.Messages() {
+				got = m
+			}
+			if got == nil {
+				return errors.New("no message")
+			}
+			return nil
+		})
+		return got
+	}
+	m := next()
+	require.Equal(t, "poison", string(m.Data()))
+	require.Equal(t, DeadLettered, s.Fail(ctx, m, fmt.Errorf("store: %w", &pgconn.PgError{Code: "22P05"})))
+
+	m = next()
+	require.Equal(t, "flaky", string(m.Data()))
+	require.Equal(t, Retried, s.Fail(ctx, m, errors.New("deadlock")))
+	m = next()
+	require.Equal(t, "flaky", string(m.Data()))
+	require.Equal(t, DeadLettered, s.Fail(ctx, m, errors.New("deadlock")))
+
+	dl, err := ns.JS.Stream(ctx, subj.DeadLetterStream())
+	require.NoError(t, err)
+	first, err := dl.GetMsg(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, subj.DeadLetter(subj.PushesStream()), first.Subject)
+	require.Equal(t, "poison", string(first.Data))
+	require.Equal(t, subj.Push(), first.Header.Get(streams.HeaderDLSubject))
+	require.Equal(t, subj.PushesStream(), first.Header.Get(streams.HeaderDLStream))
+	require.Equal(t, "1", first.Header.Get(streams.HeaderDLSeq))
+	require.Equal(t, "test", first.Header.Get(streams.HeaderDLConsumer))
+	require.Equal(t, ReasonData, first.Header.Get(streams.HeaderDLReason))
+	require.Contains(t, first.Header.Get(streams.HeaderDLError), "22P05")
+	second, err := dl.GetMsg(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, "flaky", string(second.Data))
+	require.Equal(t, ReasonMaxDeliver, second.Header.Get(streams.HeaderDLReason))
+	require.Equal(t, "2", second.Header.Get(streams.HeaderDLDelivery))
+	require.Equal(t, 1, c.get("test/data"))
+	require.Equal(t, 1, c.get("test/max_deliver"))
+
+	// Nothing is left for the consumer: both were terminated.
+	info, err := cons.Info(ctx)
+	require.NoError(t, err)
+	require.Zero(t, info.NumAckPending)
+	require.Zero(t, info.NumPending)
+}
