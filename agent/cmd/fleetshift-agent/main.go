@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,6 +53,7 @@ func rootCmd() *cobra.Command {
 		Short:         "fleetshift device agent: follows the device's target state on Docker Compose",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildVersion(version),
 	}
 	root.AddCommand(runCmd(), simCmd())
 	return root
@@ -59,6 +62,7 @@ func rootCmd() *cobra.Command {
 func runCmd() *cobra.Command {
 	var (
 		server, natsURL, provKey, name, stateDir, prefix, docker, logLevel, transport string
+		composeCmd, projectPrefix                                                     string
 		tags                                                                          []string
 		poll, heartbeat, lockTimeout                                                  time.Duration
 	)
@@ -84,7 +88,8 @@ func runCmd() *cobra.Command {
 				return err
 			}
 			log = log.With().Str("device", id.UUID).Logger()
-			rt, err := compose.New(compose.Config{StateDir: stateDir, Docker: docker, LockTimeout: lockTimeout, Log: log})
+			rt, err := compose.New(compose.Config{StateDir: stateDir, Docker: docker, LockTimeout: lockTimeout, Log: log,
+				Compose: composeCommand(ctx, composeCmd, docker), ProjectPrefix: projectPrefix})
 			if err != nil {
 				return err
 			}
@@ -109,6 +114,10 @@ func runCmd() *cobra.Command {
 	f.StringVar(&prefix, "subject-prefix", "fleet", "NATS subject prefix")
 	f.StringVar(&transport, "transport", "nats", "nats (HTTP as fallback) or http (poll only)")
 	f.StringVar(&docker, "docker", "docker", "docker executable")
+	f.StringVar(&composeCmd, "compose", env("FLEETSHIFT_AGENT_COMPOSE", "auto"),
+		"compose command: auto (`docker compose` when the plugin answers, else docker-compose v1), or a command such as docker-compose")
+	f.StringVar(&projectPrefix, "project-prefix", env("FLEETSHIFT_AGENT_PROJECT_PREFIX", "fs-"),
+		"compose project name prefix (one per device sharing a Docker engine)")
 	f.DurationVar(&poll, "poll-interval", 30*time.Second, "HTTP poll interval while NATS is unreachable (jittered, backs off on errors)")
 	f.DurationVar(&heartbeat, "heartbeat", time.Minute, "report period")
 	f.DurationVar(&lockTimeout, "lock-timeout", 10*time.Minute, "longest an update waits for a held update lock")
@@ -180,4 +189,19 @@ func simCmd() *cobra.Command {
 	f.IntVar(&cfg.RegisterConcurrency, "register-concurrency", 32, "concurrent registrations")
 	f.StringVar(&logLevel, "log-level", "warn", "log level")
 	return cmd
+}
+
+// composeCommand resolves --compose: "auto" is `docker compose` when the v2 plugin answers, else
+// docker-compose (v1) when it is on PATH; anything else is split on spaces.
+func composeCommand(ctx context.Context, flag, docker string) []string {
+	if flag != "auto" && flag != "" {
+		return strings.Fields(flag)
+	}
+	if exec.CommandContext(ctx, docker, "compose", "version").Run() == nil {
+		return []string{docker, "compose"}
+	}
+	if p, err := exec.LookPath("docker-compose"); err == nil {
+		return []string{p}
+	}
+	return []string{docker, "compose"}
 }

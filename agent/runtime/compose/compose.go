@@ -43,6 +43,13 @@ type Config struct {
 	StateDir string
 	// Docker is the docker executable (default "docker", found on PATH).
 	Docker string
+	// Compose is the command that runs Docker Compose, with any leading arguments (default: Docker
+	// "compose", the v2 plugin). A command whose name is docker-compose is Compose v1: its files carry no
+	// top-level "name" and the state is read with `docker ps` (v1 has no `ps --format json`).
+	Compose []string
+	// ProjectPrefix starts every compose project name (default "fs-"); devices sharing one Docker
+	// engine each need their own.
+	ProjectPrefix string
 	// LockTimeout is the longest an update waits for a held update lock before going ahead (default 10m).
 	LockTimeout time.Duration
 	// LockStale: a lock file not modified for this long is not held (default 1h; negative: never stale).
@@ -68,6 +75,10 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, errors.New("compose runtime: StateDir is required")
 	}
 	cfg.Docker = cmp.Or(cfg.Docker, "docker")
+	if len(cfg.Compose) == 0 {
+		cfg.Compose = []string{cfg.Docker, "compose"}
+	}
+	cfg.ProjectPrefix = cmp.Or(cfg.ProjectPrefix, "fs-")
 	cfg.LockTimeout = cmp.Or(cfg.LockTimeout, 10*time.Minute)
 	cfg.LockStale = cmp.Or(cfg.LockStale, time.Hour)
 	cfg.LockPoll = cmp.Or(cfg.LockPoll, time.Second)
@@ -99,8 +110,18 @@ func safeName(appID string) string {
 	return s
 }
 
-// Project returns the compose project name of an app.
+// Project returns the compose project name of an app with the default prefix.
 func Project(appID string) string { return "fs-" + safeName(appID) }
+
+func (r *Runtime) project(appID string) string {
+	return strings.ToLower(r.cfg.ProjectPrefix) + safeName(appID)
+}
+
+// legacy reports whether Compose is v1 (docker-compose), which knows neither a top-level "name" nor
+// `ps --format json`.
+func (r *Runtime) legacy() bool {
+	return filepath.Base(r.cfg.Compose[0]) == "docker-compose"
+}
 
 func (r *Runtime) appDir(appID string) string {
 	return filepath.Join(r.cfg.StateDir, "apps", safeName(appID))
@@ -149,7 +170,7 @@ func (r *Runtime) removeApp(ctx context.Context, id string) error {
 }
 
 func (r *Runtime) applyApp(ctx context.Context, id string, app wire.App) error {
-	doc, err := composeDoc(id, app)
+	doc, err := composeDoc(r.project(id), id, app, !r.legacy())
 	if err != nil {
 		return fmt.Errorf("apply app %s: %w", id, err)
 	}
@@ -277,8 +298,14 @@ func (r *Runtime) lockHeld(path string) bool {
 }
 
 func (r *Runtime) compose(ctx context.Context, appID string, args ...string) ([]byte, error) {
-	full := append([]string{"compose", "-p", Project(appID), "-f", r.composeFile(appID)}, args...)
-	cmd := exec.CommandContext(ctx, r.cfg.Docker, full...)
+	full := append(slices.Clone(r.cfg.Compose[1:]), "-p", r.project(appID), "-f", r.composeFile(appID))
+	full = append(full, args...)
+	return r.run(ctx, r.cfg.Compose[0], full, args)
+}
+
+// run runs name with args; what names the command in an error.
+func (r *Runtime) run(ctx context.Context, name string, full, what []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, full...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -287,13 +314,14 @@ func (r *Runtime) compose(ctx context.Context, appID string, args ...string) ([]
 		if len(msg) > 300 {
 			msg = msg[len(msg)-300:]
 		}
-		return out, fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, msg)
+		return out, fmt.Errorf("docker %s: %w: %s", strings.Join(what, " "), err, msg)
 	}
 	return out, nil
 }
 
-// composeDoc renders an app as a compose project (JSON, which compose reads as YAML).
-func composeDoc(appID string, app wire.App) ([]byte, error) {
+// composeDoc renders an app as a compose project (JSON, which compose reads as YAML); withName adds the
+// top-level "name" (Compose v2; v1 refuses it).
+func composeDoc(project, appID string, app wire.App, withName bool) ([]byte, error) {
 	services := map[string]any{}
 	for _, s := range app.Services {
 		if s.ServiceName == "" {
@@ -323,7 +351,11 @@ func composeDoc(appID string, app wire.App) ([]byte, error) {
 		}
 		services[s.ServiceName] = svc
 	}
-	return json.MarshalIndent(map[string]any{"name": Project(appID), "services": services}, "", "  ")
+	doc := map[string]any{"services": services}
+	if withName {
+		doc["name"] = project
+	}
+	return json.MarshalIndent(doc, "", "  ")
 }
 
 func writeFile(path string, b []byte) error {
@@ -374,6 +406,52 @@ func parsePS(out []byte) ([]psEntry, error) {
 	return list, nil
 }
 
+// ps lists an app's containers: `compose ps --format json` on v2, `docker ps` by project label on v1.
+func (r *Runtime) ps(ctx context.Context, id string) ([]psEntry, error) {
+	if !r.legacy() {
+		raw, err := r.compose(ctx, id, "ps", "--all", "--format", "json")
+		if err != nil {
+			return nil, err
+		}
+		return parsePS(raw)
+	}
+	args := []string{"ps", "--all", "--no-trunc", "--filter", "label=com.docker.compose.project=" + r.project(id),
+		"--format", `{{.Label "com.docker.compose.service"}}` + "\t{{.Image}}\t{{.State}}\t{{.Status}}"}
+	raw, err := r.run(ctx, r.cfg.Docker, args, args[:2])
+	if err != nil {
+		return nil, err
+	}
+	return parseDockerPS(raw), nil
+}
+
+// parseDockerPS reads lines of service, image, state and status (`Up 3 seconds (healthy)`,
+// `Exited (1) 2 seconds ago`) as printed by ps.
+func parseDockerPS(out []byte) []psEntry {
+	var list []psEntry
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Split(strings.TrimSpace(line), "\t")
+		if len(f) < 4 {
+			continue
+		}
+		e := psEntry{Service: f[0], Image: f[1], State: f[2]}
+		switch status := f[3]; {
+		case strings.Contains(status, "(healthy)"):
+			e.Health = "healthy"
+		case strings.Contains(status, "(unhealthy)"):
+			e.Health = "unhealthy"
+		case strings.Contains(status, "(health: starting)"):
+			e.Health = "starting"
+		}
+		if m := exitCode.FindStringSubmatch(f[3]); m != nil {
+			fmt.Sscan(m[1], &e.ExitCode)
+		}
+		list = append(list, e)
+	}
+	return list
+}
+
+var exitCode = regexp.MustCompile(`^Exited \((\d+)\)`)
+
 // State implements runtime.Runtime.
 func (r *Runtime) State(ctx context.Context) (map[string]wire.ReportedApp, error) {
 	r.mu.Lock()
@@ -385,11 +463,7 @@ func (r *Runtime) State(ctx context.Context) (map[string]wire.ReportedApp, error
 	r.mu.Unlock()
 	out := map[string]wire.ReportedApp{}
 	for id, app := range apps {
-		raw, err := r.compose(ctx, id, "ps", "--all", "--format", "json")
-		if err != nil {
-			return nil, fmt.Errorf("read state of app %s: %w", id, err)
-		}
-		entries, err := parsePS(raw)
+		entries, err := r.ps(ctx, id)
 		if err != nil {
 			return nil, fmt.Errorf("read state of app %s: %w", id, err)
 		}

@@ -401,3 +401,51 @@ func TestDockerFromPATH(t *testing.T) {
 		t.Fatalf("docker on PATH not used: %q", got)
 	}
 }
+
+// TestComposeV1: with docker-compose (v1) the file has no top-level "name" (v1 refuses it), every
+// command carries the device's project prefix, and the state comes from `docker ps` by project label,
+// health and exit code read from the status column.
+func TestComposeV1(t *testing.T) {
+	t.Parallel()
+	f := newFake(t)
+	v1 := filepath.Join(f.dir, "docker-compose")
+	if err := os.Symlink(f.docker, v1); err != nil {
+		t.Fatal(err)
+	}
+	rt, state := newRuntime(t, f, func(c *compose.Config) {
+		c.Compose = []string{v1}
+		c.ProjectPrefix = "dev7-"
+	})
+	ctx := context.Background()
+	if err := rt.Apply(ctx, target(1, "", "acme/web:1.0", "postgres:15")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(state, "apps", "1", "docker-compose.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := doc["name"]; ok {
+		t.Fatalf("v1 file has a top-level name: %s", b)
+	}
+	got := f.calls(t)
+	if !slices.Contains(got, "-p dev7-1 -f F up -d --remove-orphans") {
+		t.Fatalf("v1 calls: %q", got)
+	}
+	f.ps(t, "", "web\tacme/web:1.0\trunning\tUp 3 seconds (healthy)\ndb\tpostgres:15\texited\tExited (1) 2 seconds ago\n")
+	apps, err := rt.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := apps["1"].Services
+	if len(s) != 2 || s[0].Status != "running" || s[0].Health == nil || s[0].Health.Status != "healthy" || s[1].Status != "exited" || s[1].Health != nil {
+		t.Fatalf("state %+v", s)
+	}
+	want := `ps --all --no-trunc --filter label=com.docker.compose.project=dev7-1 --format {{.Label "com.docker.compose.service"}}` + "\t{{.Image}}\t{{.State}}\t{{.Status}}"
+	if got := f.calls(t); !slices.Contains(got, want) {
+		t.Fatalf("state did not ask docker ps by label: %q", got)
+	}
+}
