@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Sentinels. Wrap them with context: fmt.Errorf("device %s: %w", id, apierr.ErrNotFound).
@@ -19,6 +20,8 @@ var (
 	ErrForbidden    = errors.New("forbidden")
 	ErrTooLarge     = errors.New("payload too large")
 	ErrUnavailable  = errors.New("unavailable")
+	// ErrTooManyRequests is a client over its rate (429); the Error's RetryAfter says when to come back.
+	ErrTooManyRequests = errors.New("too many requests")
 )
 
 // Error is an error with a stable machine-readable code and a human message. Kind is one of the
@@ -29,6 +32,8 @@ type Error struct {
 	Message string
 	// Field names the offending input field, when there is one.
 	Field string
+	// RetryAfter, when set, is sent as the Retry-After header (429 and 503).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -75,11 +80,26 @@ func Status(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrUnavailable), Unreachable(err):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrTooManyRequests):
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}
+}
+
+// RetryAfter is how long a client should wait before retrying after err: the Error's own RetryAfter,
+// DefaultRetryAfter for any other 503, zero otherwise.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return e.RetryAfter
+	}
+	if Status(err) == http.StatusServiceUnavailable {
+		return DefaultRetryAfter
+	}
+	return 0
 }
 
 // ToBody returns the status and JSON body for err. Internal errors never leak their text.
@@ -93,7 +113,11 @@ func ToBody(err error) (int, Body) {
 		http.StatusNotFound: "not_found", http.StatusConflict: "conflict", http.StatusBadRequest: "invalid",
 		http.StatusUnauthorized: "unauthorized", http.StatusForbidden: "forbidden",
 		http.StatusRequestEntityTooLarge: "too_large", http.StatusServiceUnavailable: "unavailable",
+		http.StatusTooManyRequests: "rate_limited",
 	}[status]
+	if status == http.StatusServiceUnavailable && !errors.Is(err, ErrUnavailable) {
+		return status, Body{Error: unavailableBody()} // an unreachable database: never leak its text
+	}
 	if status == http.StatusInternalServerError {
 		return status, Body{Error: BodyError{Code: "internal", Message: "internal error"}}
 	}

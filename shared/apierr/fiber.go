@@ -2,6 +2,8 @@ package apierr
 
 import (
 	"errors"
+	"strconv"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 )
@@ -29,5 +31,8 @@ func FiberErrorHandler(c *fiber.Ctx, err error) error {
 		}
 	}
 	status, body := ToBody(err)
+	if d := RetryAfter(err); d > 0 {
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((d+time.Second-1)/time.Second)))
+	}
 	return c.Status(status).JSON(body)
 }
