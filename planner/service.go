@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
@@ -33,6 +34,8 @@ type Config struct {
 	AckWait time.Duration
 	// PushTimeout bounds the planning of one push (default 5m).
 	PushTimeout time.Duration
+	// DeadLetterCount is called for every push dead-lettered (fleetshift_deadletter_total); optional.
+	DeadLetterCount func(consumer, reason string)
 
 	// beforeCommit, when set (tests), runs just before a push's transaction commits; an error aborts it.
 	beforeCommit func(ctx context.Context, push streams.PushV1) error
@@ -48,6 +51,7 @@ type Service struct {
 	ackWait      time.Duration
 	pushTimeout  time.Duration
 	beforeCommit func(ctx context.Context, push streams.PushV1) error
+	settler      *consume.Settler
 }
 
 // New validates cfg and returns the service. It connects to nothing until Run.
@@ -62,6 +66,11 @@ func New(cfg Config) (*Service, error) {
 	if subj.Prefix == "" {
 		subj = streams.New("")
 	}
+	settler, err := consume.New(consume.Config{JS: cfg.JS, Subjects: subj, Consumer: streams.ConsumerPlanner,
+		Log: cfg.Log, Count: cfg.DeadLetterCount, Ping: cfg.Pool.Ping})
+	if err != nil {
+		return nil, fmt.Errorf("planner: %w", err)
+	}
 	return &Service{
 		pool:         cfg.Pool,
 		js:           cfg.JS,
@@ -70,6 +79,7 @@ func New(cfg Config) (*Service, error) {
 		ackWait:      cmp.Or(cfg.AckWait, 2*time.Minute),
 		pushTimeout:  cmp.Or(cfg.PushTimeout, 5*time.Minute),
 		beforeCommit: cfg.beforeCommit,
+		settler:      settler,
 	}, nil
 }
 
@@ -92,34 +102,36 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
+// handleMsg plans one push and settles its message: ack after commit; a push that can never be planned
+// (unreadable, invalid, refused by PostgreSQL as bad data) is dead-lettered; one that failed for a
+// passing reason is redelivered with backoff (dead-lettered after streams.MaxDeliver deliveries); while
+// the database is unreachable the push is held and retried once it answers.
 func (s *Service) handleMsg(ctx context.Context, msg jetstream.Msg) {
 	if ctx.Err() != nil {
 		_ = msg.Nak() // shutting down: let another replica (or the next start) have it
 		return
 	}
 	var push streams.PushV1
-	if err := json.Unmarshal(msg.Data(), &push); err != nil || push.EventID == "" {
-		s.log.Error().Err(err).Str("subject", msg.Subject()).Msg("planner: dropping unreadable push")
-		_ = msg.Term()
+	if err := json.Unmarshal(msg.Data(), &push); err != nil {
+		s.settler.DeadLetter(ctx, msg, consume.ReasonDecode, fmt.Errorf("decode push: %w", err))
+		return
+	}
+	if push.EventID == "" {
+		s.settler.DeadLetter(ctx, msg, consume.ReasonInvalid, errors.New("push has no event_id"))
 		return
 	}
 	_ = msg.InProgress()
-	pctx, cancel := context.WithTimeout(ctx, s.pushTimeout)
-	res, err := s.HandlePush(pctx, push)
-	cancel()
-	switch {
-	case errors.Is(err, apierr.ErrInvalid):
-		s.log.Error().Err(err).Str("event_id", push.EventID).Msg("planner: dropping invalid push")
-		_ = msg.Term()
+	var res Result
+	err := s.settler.Handle(ctx, msg, func(ctx context.Context) error {
+		pctx, cancel := context.WithTimeout(ctx, s.pushTimeout)
+		defer cancel()
+		var err error
+		res, err = s.HandlePush(pctx, push)
+		return err
+	}, nil)
+	if err != nil {
+		s.log.Warn().Err(err).Str("event_id", push.EventID).Msg("planner: planning failed")
 		return
-	case err != nil:
-		s.log.Warn().Err(err).Str("event_id", push.EventID).Msg("planner: planning failed; will retry")
-		_ = msg.NakWithDelay(2 * time.Second)
-		return
-	}
-	if err := msg.Ack(); err != nil {
-		// The rollout is committed; a redelivery is recognised by its event id and changes nothing.
-		s.log.Warn().Err(err).Str("event_id", push.EventID).Msg("planner: ack failed")
 	}
 	s.log.Info().Str("event_id", push.EventID).Str("outcome", res.Outcome).Str("rollout_id", res.RolloutID).
 		Int("devices", res.Devices).Msg("push handled")

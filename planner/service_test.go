@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -456,5 +457,67 @@ func TestCrashBeforeCommit(t *testing.T) {
 	}
 	if n := count(t, db, `SELECT count(*) FROM outbox WHERE msg_id LIKE 'dispatch-%'`); n != 1 {
 		t.Fatalf("%d dispatch commands", n)
+	}
+}
+
+// TestPoisonPushDeadLettered: a push PostgreSQL can never store (a NUL character in pusher, SQLSTATE
+// 22P05) and an unreadable one are terminated and recorded in the dead-letter stream with their reason;
+// the good push published after them is planned, and nothing stays with the consumer.
+func TestPoisonPushDeadLettered(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ns := natstest.New(t)
+	seed(t, db, device{uuid: "d1", images: []string{"acme/app:1.0"}})
+	policy(t, db, map[string]string{"image_pattern": "'acme/app'"})
+	var counted sync.Map
+	svc, err := New(Config{Pool: db.Pool, JS: ns.JS, Subjects: ns.Subjects, Log: logging.Nop(), AckWait: 2 * time.Second,
+		DeadLetterCount: func(consumer, reason string) { counted.Store(consumer+"/"+reason, true) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	poison := push("ev-poison", "acme/app:1.1")
+	poison.Pusher = "ci\x00"
+	publishPush(t, ns.JS, ns.Subjects, "poison", poison)
+	if _, err := ns.JS.Publish(context.Background(), ns.Subjects.Push(), []byte(`{"event_id":`)); err != nil {
+		t.Fatal(err)
+	}
+	publishPush(t, ns.JS, ns.Subjects, "good", push("ev-good", "acme/app:1.2"))
+	wait.For(t, 20*time.Second, func() error {
+		if n := count(t, db, `SELECT count(*) FROM image_rollouts WHERE push_event_id = 'ev-good'`); n != 1 {
+			return fmt.Errorf("good push: %d rollouts", n)
+		}
+		return consumerSettled(ns)
+	})
+	if n := count(t, db, `SELECT count(*) FROM planner_pushes WHERE event_id = 'ev-poison'`); n != 0 {
+		t.Fatalf("poison push recorded %d times", n)
+	}
+	dl, err := ns.JS.Stream(context.Background(), ns.Subjects.DeadLetterStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]string{}
+	for seq := uint64(1); seq <= 2; seq++ {
+		m, err := dl.GetMsg(context.Background(), seq)
+		if err != nil {
+			t.Fatalf("dead letter %d: %v", seq, err)
+		}
+		if m.Subject != ns.Subjects.DeadLetter(ns.Subjects.PushesStream()) || m.Header.Get(streams.HeaderDLConsumer) != streams.ConsumerPlanner ||
+			m.Header.Get(streams.HeaderDLSubject) != ns.Subjects.Push() || m.Header.Get(streams.HeaderDLSeq) == "" {
+			t.Fatalf("dead letter %d: subject %s headers %v", seq, m.Subject, m.Header)
+		}
+		reasons[m.Header.Get(streams.HeaderDLSeq)] = m.Header.Get(streams.HeaderDLReason)
+	}
+	if reasons["1"] != "data" || reasons["2"] != "decode" {
+		t.Fatalf("dead-letter reasons by stream seq: %v", reasons)
+	}
+	for _, k := range []string{"planner/data", "planner/decode"} {
+		if _, ok := counted.Load(k); !ok {
+			t.Fatalf("dead letter %s not counted", k)
+		}
 	}
 }
