@@ -23,6 +23,9 @@ var operations = []operation{
 	{"get", "/metrics", "Prometheus metrics (fleetshift_*)", "system", "", "", "", "200"},
 	{"get", "/api/v1/info", "Server information: the NATS URL devices and operators connect to", "system", "", "", "Info", "200"},
 	{"get", "/api/v1/openapi.json", "This document", "system", "", "", "", "200"},
+	{"get", "/api/v1/whoami", "The presented token's scope and name", "operators", "read", "", "Whoami", "200"},
+	{"get", "/api/v1/images", "Image versions in devices' targets, counted per fleet (fleet_id, tag)", "operators", "read", "", "ImageCounts", "200"},
+	{"get", "/api/v1/events/stream", "Live rollout events as Server-Sent Events (rollout; token also as ?token=)", "rollouts", "read", "", "", "200"},
 
 	{"post", "/api/v1/webhooks/docker-registry", "Registry push webhook (Docker Hub, GitHub, Distribution/GitLab, Harbor, Quay, ACR, ECR, GAR)", "registries", "webhook", "", "WebhookAccepted", "202"},
 	{"get", "/api/v1/webhooks/docker-registry/test", "Webhook endpoint liveness", "registries", "", "", "Ok", "200"},
@@ -213,6 +216,8 @@ func schemas() map[string]any {
 		"RolloutDeviceList":      list("devices", "RolloutDevice"),
 		"Event":                  obj(map[string]any{"id": str, "type": str, "rollout_id": str, "device_uuid": str, "message": str, "data": anyObj, "actor": str, "timestamp": stamp}),
 		"EventList":              list("events", "Event"),
+		"Whoami":                 obj(map[string]any{"scope": str, "name": str}, "scope", "name"),
+		"ImageCounts":            obj(map[string]any{"images": map[string]any{"type": "array", "items": obj(map[string]any{"repository": str, "tag": str, "fleet_id": str, "devices": integer, "online": integer})}}),
 		"ControlResult":          obj(map[string]any{"ok": boolean, "status": str, "rollout": ref("Rollout")}),
 	}
 }

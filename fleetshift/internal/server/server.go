@@ -232,6 +232,9 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := mountConsole(s.app, deps, roles); err != nil {
+		return nil, err
+	}
 	var calloutReady <-chan struct{}
 	if s.natsIssuerSeed != "" && slices.Contains(roles, RoleStateAPI) {
 		var embedded *natsserver.Server
