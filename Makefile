@@ -2,13 +2,21 @@
 MODULES := shared streams migrations ingest planner dispatcher healthwatch stateapi fleetshift agent
 GO ?= go
 BIN := $(CURDIR)/bin
+# --version of both binaries; without it they report the VCS revision Go records (dev-<rev>).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test test-short lint fmt tidy bench bench-quick clean
+.PHONY: build run test test-short lint fmt tidy bench bench-quick clean images
 
 build:
 	@mkdir -p $(BIN)
-	cd fleetshift && $(GO) build -o $(BIN)/fleetshift ./cmd/fleetshift
-	cd agent && $(GO) build -o $(BIN)/fleetshift-agent ./cmd/fleetshift-agent
+	cd fleetshift && $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/fleetshift ./cmd/fleetshift
+	cd agent && $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/fleetshift-agent ./cmd/fleetshift-agent
+
+# FROM scratch images from static host-built binaries (no base image is pulled): fleetshift/fleetshift:dev,
+# fleetshift/agent:dev, fleetshift/nats-server:dev, fleetshift/registry:dev, fleetshift/demoapp:v1|v2|broken.
+images:
+	@scripts/build-images
 
 # The whole system on the embedded default: local PostgreSQL (database fleetshift, created if missing),
 # embedded NATS JetStream, every service behind one HTTP listener.

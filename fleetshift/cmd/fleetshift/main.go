@@ -8,6 +8,8 @@ import (
 	"os/signal"
 	"syscall"
 	_ "time/tzdata" // policy time zones work in minimal containers too
+
+	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
 )
 
 func main() {
@@ -15,6 +17,7 @@ func main() {
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetshift:", err)
-		os.Exit(1)
+		stop()
+		os.Exit(cli.ExitCode(err)) // README "Exit codes"
 	}
 }

@@ -20,6 +20,7 @@ func newRootCmd() *cobra.Command {
 		Short:         "Staged, health-gated container image rollouts for device fleets",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildVersion(version),
 	}
 	root.AddCommand(serveCmd("serve", "Run every service, an embedded NATS JetStream (unless NATS_URL is set) and the HTTP API", server.AllRoles, true))
 	for _, role := range server.AllRoles {

@@ -112,8 +112,9 @@ func listCmd(g *globals, use, short, path string, cols []string, flags func(*cob
 	return cmd
 }
 
+// queryFlag adds a kebab-case flag (--image-name) setting the query parameter name (image_name).
 func queryFlag(cmd *cobra.Command, q url.Values, name, usage string) {
-	cmd.Flags().Func(name, usage, func(s string) error { q.Set(name, s); return nil })
+	cmd.Flags().Func(strings.ReplaceAll(name, "_", "-"), usage, func(s string) error { q.Set(name, s); return nil })
 }
 
 func showCmd(g *globals, use, short, pathFmt string) *cobra.Command {
@@ -159,6 +160,15 @@ func upper(cols []string) []string {
 
 // postCmd sends a body built by build and prints the answer.
 func postCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string, build func([]string) (any, error)) *cobra.Command {
+	return postCmdResolving(g, use, short, method, args, false, path, build)
+}
+
+// rolloutPostCmd is postCmd whose first argument is a rollout id or a unique prefix of one.
+func rolloutPostCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string, build func([]string) (any, error)) *cobra.Command {
+	return postCmdResolving(g, use, short, method, args, true, path, build)
+}
+
+func postCmdResolving(g *globals, use, short, method string, args cobra.PositionalArgs, rollout bool, path func([]string) string, build func([]string) (any, error)) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,
 		Short: short,
@@ -167,6 +177,13 @@ func postCmd(g *globals, use, short, method string, args cobra.PositionalArgs, p
 			c, err := g.client()
 			if err != nil {
 				return err
+			}
+			if rollout {
+				id, err := resolveRollout(cmd.Context(), c, a[0])
+				if err != nil {
+					return err
+				}
+				a = append([]string{id}, a[1:]...)
 			}
 			var body any
 			if build != nil {
@@ -187,7 +204,8 @@ func postCmd(g *globals, use, short, method string, args cobra.PositionalArgs, p
 }
 
 func rolloutsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "rollouts", Short: "List, inspect, watch and steer rollouts"}
+	cmd := &cobra.Command{Use: "rollouts", Short: "List, inspect, watch and steer rollouts",
+		Long: "List, inspect, watch and steer rollouts. ROLLOUT_ID may be any unique prefix of a rollout id."}
 	cmd.AddCommand(listCmd(g, "list", "List rollouts", "/api/v1/rollouts",
 		[]string{"rollout_id", "image_name", "new_tag", "strategy", "status", "current_batch", "total_devices", "updated_devices", "failed_devices"},
 		func(c *cobra.Command, q url.Values) {
@@ -196,12 +214,12 @@ func rolloutsCmd(g *globals) *cobra.Command {
 			queryFlag(c, q, "limit", "at most this many")
 			queryFlag(c, q, "cursor", "continue after this cursor")
 		}))
-	cmd.AddCommand(showCmd(g, "show ROLLOUT_ID", "Show one rollout", "/api/v1/rollouts/%s"))
+	cmd.AddCommand(rolloutShowCmd(g))
 	for _, verb := range []string{"start", "pause", "resume", "cancel", "approve"} {
-		cmd.AddCommand(postCmd(g, verb+" ROLLOUT_ID", strings.ToUpper(verb[:1])+verb[1:]+" a rollout", "POST", cobra.ExactArgs(1),
+		cmd.AddCommand(rolloutPostCmd(g, verb+" ROLLOUT_ID", strings.ToUpper(verb[:1])+verb[1:]+" a rollout", "POST", cobra.ExactArgs(1),
 			func(a []string) string { return "/api/v1/rollouts/" + url.PathEscape(a[0]) + "/" + verb }, nil))
 	}
-	rb := postCmd(g, "rollback ROLLOUT_ID [DEVICE_UUID]", "Roll back every moved device of a rollout, or one device", "POST", cobra.RangeArgs(1, 2),
+	rb := rolloutPostCmd(g, "rollback ROLLOUT_ID [DEVICE_UUID]", "Roll back every moved device of a rollout, or one device", "POST", cobra.RangeArgs(1, 2),
 		func(a []string) string {
 			if len(a) == 2 {
 				return "/api/v1/rollouts/" + url.PathEscape(a[0]) + "/devices/" + url.PathEscape(a[1]) + "/rollback"
@@ -209,19 +227,7 @@ func rolloutsCmd(g *globals) *cobra.Command {
 			return "/api/v1/rollouts/" + url.PathEscape(a[0]) + "/rollback-all"
 		}, nil)
 	cmd.AddCommand(rb)
-	var digest string
-	plan := postCmd(g, "plan IMAGE", "Dry run: which policy and devices a push of IMAGE (repo:tag) would roll out to", "POST", cobra.ExactArgs(1),
-		func([]string) string { return "/api/v1/rollouts/preview" },
-		func(a []string) (any, error) {
-			body := map[string]any{"image": a[0]}
-			if digest != "" {
-				body["digest"] = digest
-			}
-			return body, nil
-		})
-	plan.Flags().StringVar(&digest, "digest", "", "the pushed digest (sha256:...)")
-	cmd.AddCommand(plan)
-	cmd.AddCommand(watchCmd(g))
+	cmd.AddCommand(planCmd(g), watchCmd(g), rolloutDevicesCmd(g), rolloutEventsCmd(g))
 	return cmd
 }
 
@@ -360,7 +366,7 @@ func readFileOrStdin(name string) ([]byte, error) {
 }
 
 func devicesCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "devices", Short: "List, show and register devices"}
+	cmd := &cobra.Command{Use: "devices", Short: "List, show, register and revoke devices; set and read their state"}
 	cmd.AddCommand(listCmd(g, "list", "List devices", "/api/v1/devices",
 		[]string{"uuid", "device_name", "fleet_id", "tags", "is_online", "last_seen_at"},
 		func(c *cobra.Command, q url.Values) {
@@ -391,6 +397,9 @@ func devicesCmd(g *globals) *cobra.Command {
 	reg.Flags().StringVar(&fleet, "fleet", "", "fleet id")
 	reg.Flags().StringSliceVar(&tags, "tag", nil, "tag (repeatable)")
 	cmd.AddCommand(reg)
+	cmd.AddCommand(postCmd(g, "revoke UUID", "Revoke a device: its key and NATS access stop working (history stays)", "DELETE", cobra.ExactArgs(1),
+		func(a []string) string { return "/api/v1/devices/" + url.PathEscape(a[0]) }, nil))
+	cmd.AddCommand(setTargetCmd(g), currentStateCmd(g))
 	return cmd
 }
 

@@ -53,7 +53,11 @@ func render(w io.Writer, format string, v any, header []string, rows [][]string)
 	}
 }
 
-// str renders a JSON value for a table cell.
+// maxCell caps a table cell; longer text is cut with an ellipsis.
+const maxCell = 60
+
+// str renders a JSON value for a table cell: scalars as text, lists of scalars comma-joined, anything
+// nested as a count. A table never shows raw JSON; -o json and -o yaml give the whole document.
 func str(v any) string {
 	switch x := v.(type) {
 	case nil:
@@ -62,7 +66,7 @@ func str(v any) string {
 		if x == "" {
 			return "-"
 		}
-		return x
+		return cut(strings.Join(strings.Fields(x), " "), maxCell)
 	case float64:
 		if x == float64(int64(x)) {
 			return fmt.Sprintf("%d", int64(x))
@@ -70,8 +74,44 @@ func str(v any) string {
 		return fmt.Sprintf("%.3g", x)
 	case bool:
 		return fmt.Sprint(x)
+	case []any:
+		if len(x) == 0 {
+			return "-"
+		}
+		parts := make([]string, 0, len(x))
+		for _, e := range x {
+			switch e.(type) {
+			case map[string]any, []any:
+				return plural(len(x), "item")
+			}
+			parts = append(parts, str(e))
+		}
+		return cut(strings.Join(parts, ","), maxCell)
+	case map[string]any:
+		if len(x) == 0 {
+			return "-"
+		}
+		return plural(len(x), "field")
 	default:
-		b, _ := json.Marshal(x)
-		return string(b)
+		return cut(fmt.Sprint(x), maxCell)
 	}
 }
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "(1 " + what + ")"
+	}
+	return fmt.Sprintf("(%d %ss)", n, what)
+}
+
+// cut shortens s to at most n runes, marking the cut.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// yamlOrJSON decodes a YAML or JSON document (JSON is YAML).
+func yamlOrJSON(b []byte, v any) error { return yaml.Unmarshal(b, v) }

@@ -2,44 +2,67 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 )
 
-// terminalStatuses end a watch.
-var terminalStatuses = map[string]bool{"completed": true, "failed": true, "cancelled": true, "rolled_back": true, "superseded": true}
+// endStatuses end a watch with ExitRolloutFailed; "completed" ends it with 0.
+var endStatuses = map[string]bool{"failed": true, "cancelled": true, "rolled_back": true, "superseded": true}
 
 func watchCmd(g *globals) *cobra.Command {
-	var interval time.Duration
+	var o watchOptions
 	var plain bool
 	cmd := &cobra.Command{
 		Use:   "watch ROLLOUT_ID",
-		Short: "Follow a rollout until it ends: live per-batch bars on a terminal, progress lines otherwise",
-		Long: "Follow a rollout until it ends. On a terminal it draws a progress bar per batch; otherwise (or with\n" +
-			"--plain) it prints a line whenever the rollout changes. Exits 0 when the rollout completes and 1 when it\n" +
-			"ends any other way (failed, cancelled, rolled back, superseded).",
+		Short: "Follow a rollout until it ends: live per-batch bars on a terminal, a line per change otherwise",
+		Long: "Follow a rollout until it ends. On a terminal it draws one bar per batch (completed #, failed X,\n" +
+			"rolled back R, in progress ~, pending .; coloured unless NO_COLOR is set) and redraws only on change;\n" +
+			"otherwise (or with --plain) it prints a line per change; with -o json one JSON object per change.\n" +
+			"Exit codes: 0 completed, 2 failed/rolled back/cancelled/superseded, 3 paused (unless --follow-paused),\n" +
+			"4 server unreachable for --reconnect-timeout, 1 any other error.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			tty := !plain && isTerminal(g.out)
-			return watch(cmd.Context(), c, args[0], interval, g.out, tty)
+			id, err := resolveRollout(cmd.Context(), c, args[0])
+			if err != nil {
+				return err
+			}
+			o.format = g.output
+			o.tty = !plain && g.output == FormatTable && isTerminal(g.out)
+			o.color = o.tty && os.Getenv("NO_COLOR") == ""
+			o.width = func() int { return termWidth(g.out) }
+			return watch(cmd.Context(), c, id, o, g.out)
 		},
 	}
-	cmd.Flags().DurationVar(&interval, "interval", time.Second, "how often to refresh")
-	cmd.Flags().BoolVar(&plain, "plain", false, "print progress lines even on a terminal")
+	cmd.Flags().DurationVar(&o.interval, "interval", time.Second, "how often to ask the server")
+	cmd.Flags().DurationVar(&o.reconnect, "reconnect-timeout", 30*time.Second, "give up (exit 4) when the server is unreachable this long")
+	cmd.Flags().BoolVar(&o.followPaused, "follow-paused", false, "keep watching a paused rollout instead of exiting 3")
+	cmd.Flags().BoolVar(&plain, "plain", false, "print a line per change even on a terminal")
 	return cmd
 }
 
-type rolloutView struct {
+type watchOptions struct {
+	interval, reconnect time.Duration
+	followPaused        bool
+	format              string
+	tty, color          bool
+	width               func() int
+}
+
+// rolloutDoc is what watch reads from GET /api/v1/rollouts/:id.
+type rolloutDoc struct {
 	ID           string  `json:"rollout_id"`
 	ImageName    string  `json:"image_name"`
 	OldTag       string  `json:"old_tag"`
@@ -53,77 +76,294 @@ type rolloutView struct {
 	RolledBack   int     `json:"rolled_back_devices"`
 	FailureRate  float64 `json:"failure_rate"`
 	AutoPaused   bool    `json:"auto_paused"`
+	Batches      []struct {
+		Batch    int            `json:"batch"`
+		Total    int            `json:"total"`
+		Statuses map[string]int `json:"statuses"`
+	} `json:"batches"`
 }
 
-func watch(ctx context.Context, c *Client, id string, interval time.Duration, w io.Writer, tty bool) error {
-	last := ""
-	drawn := 0
+// watchState is one observation of a rollout; -o json prints it (with the time) on every change.
+type watchState struct {
+	RolloutID    string       `json:"rollout_id"`
+	Image        string       `json:"image"`
+	OldTag       string       `json:"old_tag"`
+	NewTag       string       `json:"new_tag"`
+	Status       string       `json:"status"`
+	AutoPaused   bool         `json:"auto_paused"`
+	CurrentBatch int          `json:"current_batch"`
+	TotalBatches int          `json:"total_batches"`
+	Devices      int          `json:"total_devices"`
+	Updated      int          `json:"updated_devices"`
+	Failed       int          `json:"failed_devices"`
+	RolledBack   int          `json:"rolled_back_devices"`
+	FailureRate  float64      `json:"failure_rate"`
+	Batches      []batchState `json:"batches"`
+}
+
+// batchState counts one batch's devices by what they are doing, from the devices' own statuses.
+type batchState struct {
+	Batch      int `json:"batch"`
+	Devices    int `json:"devices"`
+	Completed  int `json:"completed"`
+	Failed     int `json:"failed"`
+	RolledBack int `json:"rolled_back"`
+	InProgress int `json:"in_progress"`
+	Pending    int `json:"pending"`
+	Skipped    int `json:"skipped"`
+}
+
+func stateOf(r rolloutDoc) watchState {
+	s := watchState{RolloutID: r.ID, Image: r.ImageName, OldTag: r.OldTag, NewTag: r.NewTag, Status: r.Status,
+		AutoPaused: r.AutoPaused, CurrentBatch: r.CurrentBatch, TotalBatches: len(r.BatchSizes), Devices: r.Total,
+		Updated: r.Updated, Failed: r.Failed, RolledBack: r.RolledBack, FailureRate: r.FailureRate}
+	byNumber := map[int]batchState{}
+	for _, b := range r.Batches {
+		bs := batchState{Batch: b.Batch, Devices: b.Total}
+		for status, n := range b.Statuses {
+			switch status {
+			case "completed":
+				bs.Completed += n
+			case "failed":
+				bs.Failed += n
+			case "rolled_back":
+				bs.RolledBack += n
+			case "scheduled", "updating", "health_checking":
+				bs.InProgress += n
+			case "skipped":
+				bs.Skipped += n
+			default:
+				bs.Pending += n
+			}
+		}
+		byNumber[b.Batch] = bs
+	}
+	n := max(len(r.BatchSizes), len(r.Batches))
+	for i := 1; i <= n; i++ {
+		bs, ok := byNumber[i]
+		if !ok {
+			bs = batchState{Batch: i}
+			if i <= len(r.BatchSizes) {
+				bs.Devices, bs.Pending = r.BatchSizes[i-1], r.BatchSizes[i-1]
+			}
+		}
+		s.Batches = append(s.Batches, bs)
+	}
+	s.TotalBatches = n
+	return s
+}
+
+// watch polls the rollout and prints on change until it ends; the error carries the exit code.
+func watch(ctx context.Context, c *Client, id string, o watchOptions, w io.Writer) error {
+	var last *watchState
+	lastOK := time.Now()
+	drawn, drawnWidth := 0, 0
+	resized := resizeSignal()
+	defer resized.stop()
 	for {
-		var r rolloutView
-		if err := c.Do(ctx, "GET", "/api/v1/rollouts/"+url.PathEscape(id), nil, &r); err != nil {
-			return err
+		var r rolloutDoc
+		reqCtx, cancel := context.WithTimeout(ctx, min(10*time.Second, max(o.reconnect, time.Second)))
+		err := c.Do(reqCtx, "GET", "/api/v1/rollouts/"+url.PathEscape(id), nil, &r)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		if tty {
-			if drawn > 0 {
-				fmt.Fprintf(w, "\x1b[%dA\x1b[J", drawn)
+		if err != nil {
+			var apiErr *APIError
+			if errors.As(err, &apiErr) && apiErr.Status < 500 {
+				return err
 			}
-			lines := bars(r)
-			fmt.Fprint(w, strings.Join(lines, "\n")+"\n")
-			drawn = len(lines)
-		} else if line := progressLine(r); line != last {
-			fmt.Fprintln(w, line)
-			last = line
-		}
-		if terminalStatuses[r.Status] {
-			if r.Status != "completed" {
-				return fmt.Errorf("rollout %s ended %s", id, r.Status)
+			if time.Since(lastOK) >= o.reconnect {
+				return &ExitCodeError{Code: ExitConnectionLost,
+					Err: fmt.Errorf("lost the connection to %s for %s: %w", c.BaseURL, o.reconnect, err)}
 			}
-			return nil
+		} else {
+			lastOK = time.Now()
+			st := stateOf(r)
+			width := 0
+			if o.tty {
+				width = o.width()
+			}
+			if last == nil || !reflect.DeepEqual(*last, st) || (o.tty && width != drawnWidth) {
+				if err := printState(w, o, st, &drawn, &drawnWidth, width); err != nil {
+					return err
+				}
+				last = &st
+			}
+			if st.Status == "completed" {
+				return nil
+			}
+			if endStatuses[st.Status] {
+				return &ExitCodeError{Code: ExitRolloutFailed, Err: fmt.Errorf("rollout %s ended %s", id, st.Status)}
+			}
+			if st.Status == "paused" && !o.followPaused {
+				why := "paused by an operator"
+				if st.AutoPaused {
+					why = fmt.Sprintf("auto-paused: failure rate %.2f", st.FailureRate)
+				}
+				return &ExitCodeError{Code: ExitRolloutPaused, Err: fmt.Errorf("rollout %s is paused (%s); resume or roll back it", id, why)}
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(interval):
+		case <-time.After(o.interval):
+		case <-resized.c:
 		}
 	}
 }
 
-func progressLine(r rolloutView) string {
-	return fmt.Sprintf("%s %s %s -> %s status=%s batch=%d/%d updated=%d failed=%d rolled_back=%d total=%d failure_rate=%.2f",
-		time.Now().UTC().Format(time.TimeOnly), r.ImageName, r.OldTag, r.NewTag, r.Status, r.CurrentBatch, len(r.BatchSizes),
-		r.Updated, r.Failed, r.RolledBack, r.Total, r.FailureRate)
+func printState(w io.Writer, o watchOptions, st watchState, drawn, drawnWidth *int, width int) error {
+	switch {
+	case o.format == FormatJSON:
+		b, err := json.Marshal(struct {
+			Time time.Time `json:"time"`
+			watchState
+		}{time.Now().UTC(), st})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	case o.format == FormatYAML:
+		if _, err := fmt.Fprintln(w, "---"); err != nil {
+			return err
+		}
+		return render(w, FormatYAML, st, nil, nil)
+	case o.tty:
+		var b strings.Builder
+		switch {
+		case *drawn > 0 && width != *drawnWidth:
+			// Lines drawn for another width may have wrapped (or been reflowed): start on a clean screen.
+			b.WriteString("\x1b[H\x1b[2J")
+		case *drawn > 0:
+			fmt.Fprintf(&b, "\x1b[%dF\x1b[J", *drawn)
+		}
+		lines := barLines(st, width, o.color)
+		for _, l := range lines {
+			b.WriteString(l)
+			b.WriteString("\n")
+		}
+		*drawn, *drawnWidth = len(lines), width
+		_, err := io.WriteString(w, b.String())
+		return err
+	default:
+		_, err := fmt.Fprintln(w, time.Now().UTC().Format(time.TimeOnly)+" "+progressLine(st))
+		return err
+	}
 }
 
-// bars draws one line per batch. Devices finish batch by batch, so the finished count fills batches in order.
-func bars(r rolloutView) []string {
-	status := r.Status
-	if r.AutoPaused {
+func progressLine(s watchState) string {
+	line := fmt.Sprintf("%s %s -> %s status=%s batch=%d/%d updated=%d failed=%d rolled_back=%d total=%d failure_rate=%.2f",
+		s.Image, dash(s.OldTag), s.NewTag, s.Status, s.CurrentBatch, s.TotalBatches, s.Updated, s.Failed, s.RolledBack,
+		s.Devices, s.FailureRate)
+	if s.AutoPaused {
+		line += " auto_paused=true"
+	}
+	return line
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Bar cells: one character per share of a batch's devices.
+const (
+	cellCompleted  = '#'
+	cellFailed     = 'X'
+	cellRolledBack = 'R'
+	cellInProgress = '~'
+	cellPending    = '.'
+)
+
+var cellColor = map[rune]string{cellCompleted: "\x1b[32m", cellFailed: "\x1b[31m", cellRolledBack: "\x1b[33m", cellInProgress: "\x1b[36m"}
+
+// barLines draws a header and one line per batch, every line at most width-1 columns (so a terminal
+// never wraps it and a redraw knows how many lines to go back).
+func barLines(s watchState, width int, color bool) []string {
+	if width < 20 {
+		width = 20
+	}
+	limit := width - 1
+	status := s.Status
+	if s.AutoPaused {
 		status += " (auto-paused)"
 	}
-	lines := []string{fmt.Sprintf("%s  %s -> %s  %s  updated %d  failed %d  rolled back %d  of %d",
-		r.ImageName, r.OldTag, r.NewTag, status, r.Updated, r.Failed, r.RolledBack, r.Total)}
-	finished := r.Updated + r.Failed + r.RolledBack
-	const width = 40
-	for i, size := range r.BatchSizes {
-		done := min(max(finished, 0), size)
-		finished -= size
-		if i+1 > r.CurrentBatch {
-			done = 0
+	lines := []string{cut(fmt.Sprintf("%s %s -> %s  %s  updated %d  failed %d  rolled back %d  of %d",
+		s.Image, dash(s.OldTag), s.NewTag, status, s.Updated, s.Failed, s.RolledBack, s.Devices), limit)}
+	for _, b := range s.Batches {
+		prefix := fmt.Sprintf("batch %d ", b.Batch)
+		suffix := fmt.Sprintf(" %d/%d", b.Completed, b.Devices)
+		if b.Failed > 0 {
+			suffix += fmt.Sprintf(" %d failed", b.Failed)
 		}
-		fill := 0
-		if size > 0 {
-			fill = done * width / size
+		if b.RolledBack > 0 {
+			suffix += fmt.Sprintf(" %d rolled back", b.RolledBack)
 		}
-		lines = append(lines, fmt.Sprintf("  batch %d  [%s%s] %d/%d", i+1, strings.Repeat("#", fill), strings.Repeat(".", width-fill), done, size))
+		barWidth := min(40, limit-len(prefix)-len(suffix)-2)
+		if barWidth < 5 { // no room for a bar: the numbers alone
+			lines = append(lines, cut(prefix+strings.TrimSpace(suffix), limit))
+			continue
+		}
+		cells := barCells(b, barWidth)
+		lines = append(lines, cut(prefix+"["+paint(cells, color)+"]"+suffix, limit+colorOverhead(cells, color)))
 	}
 	return lines
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
+// barCells splits width cells among the batch's devices; any failed or rolled-back device gets at least
+// one cell, so a batch with failures never looks complete.
+func barCells(b batchState, width int) []rune {
+	total := max(b.Devices, 1)
+	parts := []struct {
+		r rune
+		n int
+	}{{cellCompleted, b.Completed}, {cellFailed, b.Failed}, {cellRolledBack, b.RolledBack}, {cellInProgress, b.InProgress}}
+	out := make([]rune, 0, width)
+	for _, p := range parts {
+		n := p.n * width / total
+		if p.n > 0 && n == 0 {
+			n = 1
+		}
+		if p.r == cellCompleted && p.n < b.Devices && n == width {
+			n = width - 1 // not every device completed: never a full bar
+		}
+		for i := 0; i < n && len(out) < width; i++ {
+			out = append(out, p.r)
+		}
 	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	for len(out) < width {
+		out = append(out, cellPending)
+	}
+	return out
+}
+
+func paint(cells []rune, color bool) string {
+	if !color {
+		return string(cells)
+	}
+	var b strings.Builder
+	prev := rune(0)
+	for _, c := range cells {
+		if c != prev {
+			if prev != 0 && cellColor[prev] != "" {
+				b.WriteString("\x1b[0m")
+			}
+			b.WriteString(cellColor[c])
+			prev = c
+		}
+		b.WriteRune(c)
+	}
+	if cellColor[prev] != "" {
+		b.WriteString("\x1b[0m")
+	}
+	return b.String()
+}
+
+// colorOverhead is how many runes of escape codes paint adds (they take no columns).
+func colorOverhead(cells []rune, color bool) int {
+	return len([]rune(paint(cells, color))) - len(cells)
 }
