@@ -28,10 +28,13 @@ run: build
 test:
 	@scripts/with-postgres $(MAKE) --no-print-directory test-modules
 
+# Every module runs even when an earlier one fails; the last line names the failing modules.
 test-modules:
-	@set -e; for m in $(MODULES); do \
-		echo "== $$m"; (cd $$m && $(GO) test -count=1 -timeout 12m ./...); \
-	done
+	@failed=""; for m in $(MODULES); do \
+		echo "== $$m"; (cd $$m && $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed $$m"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAIL: modules failing:$$failed"; exit 1; fi; \
+	echo "ok: all modules passed ($(MODULES))"
 
 lint:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done

@@ -166,7 +166,7 @@ func TestRedeliveryIsStoredOnce(t *testing.T) {
 func TestContentDedupeWithoutDeliveryID(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	body, err := os.ReadFile("../../shared/fixtures/webhooks/dockerhub.json")
+	body, err := os.ReadFile("registry/testdata/webhooks/dockerhub.json")
 	require.NoError(t, err)
 	first := b.do(t, post(string(body)+"", "Authorization", "Bearer "+testToken))
 	require.Equal(t, http.StatusAccepted, first.status, "%v", first.body)
@@ -253,7 +253,7 @@ func TestIgnoredDeliveries(t *testing.T) {
 		{"harbor.json", registry.ReasonUntagged},
 		{"gar-pubsub-delete.json", registry.ReasonDelete},
 	} {
-		body, err := os.ReadFile("../../shared/fixtures/webhooks/" + c.file)
+		body, err := os.ReadFile("registry/testdata/webhooks/" + c.file)
 		require.NoError(t, err)
 		r := b.do(t, post(string(body), "Authorization", "Bearer "+testToken))
 		require.Equal(t, http.StatusAccepted, r.status, c.file)

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const fixtureDir = "../../../shared/fixtures/webhooks"
+const fixtureDir = "testdata/webhooks"
 
 const (
 	digestA = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4"
@@ -66,7 +66,7 @@ func check(t *testing.T, got Result, err error, w want) {
 	}
 }
 
-// TestFixtures covers every vendor sample in shared/fixtures/webhooks; a new file without an entry
+// TestFixtures covers every vendor sample in testdata/webhooks; a new file without an entry
 // fails the test.
 func TestFixtures(t *testing.T) {
 	t.Parallel()
