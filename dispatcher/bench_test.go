@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkDispatch measures dispatching and notifying one batch of FLEETSHIFT_BENCH_DEVICES devices
-// (default 2000, kept small for shared machines; issue 6 aims at 100,000 at >= 50,000 devices/s).
+// (default 2000, kept small for shared machines; the goal is 100,000 at >= 50,000 devices/s).
 // Each iteration is a fresh rollout of every device to a new tag; only Dispatch is timed.
 func BenchmarkDispatch(b *testing.B) {
 	n := 2000

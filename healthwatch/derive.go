@@ -6,59 +6,48 @@ import (
 	"strings"
 
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
-// Device statuses in a rollout (CONTRACT.md "Rollout semantics").
+// Device statuses in a rollout, as plain strings for the rows and SQL of this package (the values and
+// their order live in shared/rollout).
 const (
-	statusPending        = "pending"
-	statusScheduled      = "scheduled"
-	statusUpdating       = "updating"
-	statusHealthChecking = "health_checking"
-	statusCompleted      = "completed"
-	statusFailed         = "failed"
-	statusRolledBack     = "rolled_back"
-	statusSkipped        = "skipped"
+	statusPending        = string(lifecycle.DevicePending)
+	statusScheduled      = string(lifecycle.DeviceScheduled)
+	statusUpdating       = string(lifecycle.DeviceUpdating)
+	statusHealthChecking = string(lifecycle.DeviceHealthChecking)
+	statusCompleted      = string(lifecycle.DeviceCompleted)
+	statusFailed         = string(lifecycle.DeviceFailed)
+	statusRolledBack     = string(lifecycle.DeviceRolledBack)
+	statusSkipped        = string(lifecycle.DeviceSkipped)
 )
 
-// Rollout statuses healthwatch reads or writes.
+// Rollout statuses healthwatch reads or writes (shared/rollout).
 const (
-	rolloutPending          = "pending"
-	rolloutScheduled        = "scheduled"
-	rolloutInProgress       = "in_progress"
-	rolloutPaused           = "paused"
-	rolloutAwaitingApproval = "awaiting_approval"
-	rolloutCompleted        = "completed"
-	rolloutRolledBack       = "rolled_back"
-	rolloutSuperseded       = "superseded"
+	rolloutPending          = string(lifecycle.Pending)
+	rolloutScheduled        = string(lifecycle.Scheduled)
+	rolloutInProgress       = string(lifecycle.InProgress)
+	rolloutPaused           = string(lifecycle.Paused)
+	rolloutAwaitingApproval = string(lifecycle.AwaitingApproval)
+	rolloutCompleted        = string(lifecycle.Completed)
+	rolloutRolledBack       = string(lifecycle.RolledBack)
+	rolloutSuperseded       = string(lifecycle.Superseded)
 )
 
 // EventRolloutRolledBack is recorded when a whole rollout is rolled back (RollbackAll). It adds to the
-// event types of CONTRACT.md, which has none for this.
+// event types of docs/contract.md, which has none for this.
 const EventRolloutRolledBack = streams.EventRolloutRolledBack
 
 // inFlight are the device statuses a report or a health timeout can move forward.
-var inFlight = []string{statusScheduled, statusUpdating, statusHealthChecking}
+var inFlight = lifecycle.Strings(lifecycle.InFlight...)
 
 // unfinished are the device statuses that keep a batch open.
-var unfinished = []string{statusPending, statusScheduled, statusUpdating, statusHealthChecking}
+var unfinished = lifecycle.Strings(lifecycle.Unfinished...)
 
-// rank orders device statuses: a transition only ever raises the rank, and terminal statuses
-// (rank 4) never change through reports.
-func rank(status string) int {
-	switch status {
-	case statusPending:
-		return 0
-	case statusScheduled:
-		return 1
-	case statusUpdating:
-		return 2
-	case statusHealthChecking:
-		return 3
-	default:
-		return 4
-	}
-}
+// rank orders device statuses (lifecycle.Rank): a transition only ever raises the rank, and terminal
+// statuses (lifecycle.RankFinal) never change through reports.
+func rank(status string) int { return lifecycle.Rank(lifecycle.DeviceStatus(status)) }
 
 // verdict is what one report says about one device row.
 type verdict struct {
@@ -125,7 +114,7 @@ func serviceFailed(status string) bool {
 //   - something moved (pulling, old image stopped or gone, new image starting): updating;
 //   - otherwise (old image still running everywhere): scheduled, i.e. no news.
 func derive(rep streams.DeviceReport, row rowImage, healthChecks bool) verdict {
-	seen, lowest, moved := 0, 4, false
+	seen, lowest, moved := 0, lifecycle.RankFinal, false
 	for _, app := range rep.Apps {
 		for _, svc := range app.Services {
 			ref, err := row.refs.parse(svc.ImageName)

@@ -50,7 +50,7 @@ func parsePolicy(raw []byte) policy {
 	if j.BatchApproval != nil {
 		p.BatchApproval = *j.BatchApproval
 	}
-	// batch_delay_seconds wins over batch_delay_minutes when set (CONTRACT.md).
+	// batch_delay_seconds wins over batch_delay_minutes when set (docs/contract.md).
 	switch {
 	case j.BatchDelaySeconds != nil:
 		p.BatchDelay = time.Duration(max(*j.BatchDelaySeconds, 0)) * time.Second

@@ -22,7 +22,7 @@ func Percentages(stagedBatches int, batchPercentages []int) []int {
 	return out
 }
 
-// Batches splits n devices into batches by cumulative percentages (CONTRACT.md): batch k ends at
+// Batches splits n devices into batches by cumulative percentages (docs/contract.md): batch k ends at
 // max(end(k-1)+1, ceil(n*p_k/100)), capped at n; empty batches are dropped. Empty percentages mean the
 // default [10, 50, 100]. The sizes always sum to n: if the percentages stop short of 100, a last batch
 // takes the rest. n = 0 gives no batches.

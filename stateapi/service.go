@@ -1,6 +1,6 @@
 // Package stateapi serves fleetshift's device API (registration, ETag-polled target state, current-state
 // reports) and the operator API (devices, target state, fleets, policies, provisioning keys, tokens and the
-// read side of rollouts), per CONTRACT.md "HTTP".
+// read side of rollouts), per docs/contract.md "HTTP".
 //
 // The device poll path answers an unchanged poll from memory (invariant 7): a per-device cache holds the
 // key hash, ETag and body, kept fresh by the target messages every target write publishes.

@@ -62,7 +62,7 @@ type EventV1 struct {
 	Timestamp  time.Time       `json:"timestamp"`
 }
 
-// Event types (CONTRACT.md).
+// Event types (docs/contract.md).
 const (
 	EventWebhookReceived   = "image.webhook_received"
 	EventRolloutCreated    = "image.rollout_created"
@@ -82,7 +82,7 @@ const (
 	EventRolloutCancelled  = "image.rollout_cancelled"
 	EventRolloutSuperseded = "image.rollout_superseded"
 
-	// Added to CONTRACT.md's list: a whole rollout rolled back (rollback-all), an operator's start and
+	// Added to the original list: a whole rollout rolled back (rollback-all), an operator's start and
 	// approve (so the acting token is recorded; image.rollout_started and image.batch_started follow).
 	EventRolloutRolledBack     = "image.rollout_rolled_back"
 	EventRolloutStartRequested = "image.rollout_start_requested"

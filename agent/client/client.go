@@ -1,4 +1,4 @@
-// Package client is the agent's HTTP side of the fleetshift API (CONTRACT.md): device registration with a
+// Package client is the agent's HTTP side of the fleetshift API (docs/contract.md): device registration with a
 // provisioning key, the ETag-polled target state, current-state reports, and the two admin calls the
 // simulator needs to set targets. One Client (and its connection pool) serves any number of devices.
 package client

@@ -1,4 +1,4 @@
-// Package wire holds the JSON shapes the agent exchanges with a fleetshift server (CONTRACT.md): the
+// Package wire holds the JSON shapes the agent exchanges with a fleetshift server (docs/contract.md): the
 // target state a device receives and the current-state report it sends. The agent module copies them
 // instead of importing the server's modules so that it builds and ships on its own.
 package wire

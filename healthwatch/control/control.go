@@ -19,7 +19,7 @@
 //	rollback-all: every status but superseded -> rolled_back (healthwatch.RollbackAll); no-op on rolled_back
 //	rollback:     one device back to its old image (healthwatch.RollbackDevice); every status but superseded
 //
-// Events added to CONTRACT.md's list: image.rollout_start_requested (start; image.rollout_started
+// Events added to the contract's original list: image.rollout_start_requested (start; image.rollout_started
 // follows from the dispatcher) and image.batch_approved (approve).
 package control
 
@@ -65,7 +65,7 @@ const (
 // Verbs lists the rollout-wide verbs (every verb but Rollback).
 var Verbs = []Verb{Start, Pause, Resume, Cancel, Approve, RollbackAll}
 
-// Event types the verbs record beyond CONTRACT.md's list.
+// Event types the verbs record beyond the contract's original list.
 const (
 	// EventRolloutStartRequested is recorded by start; image.rollout_started follows from the dispatcher.
 	EventRolloutStartRequested = streams.EventRolloutStartRequested

@@ -1,4 +1,4 @@
-// Package config reads fleetshift's configuration from the environment (CONTRACT.md, "Configuration").
+// Package config reads fleetshift's configuration from the environment (docs/contract.md, "Configuration").
 package config
 
 import (

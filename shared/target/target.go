@@ -1,4 +1,4 @@
-// Package target owns device target state: its JSON shape (CONTRACT.md "Target state shape"), the
+// Package target owns device target state: its JSON shape (docs/contract.md, "Target state"), the
 // rewrite of the services that run one repository, the image index kept beside it, and the set-based
 // writes to device_target_state and device_images.
 //

@@ -1,4 +1,4 @@
-// Command fleetshift-bench is fleetshift's benchmark harness (issue 6, docs/benchmarks.md):
+// Command fleetshift-bench is fleetshift's benchmark harness (docs/benchmarks.md):
 //
 //	fleetshift-bench -set quick|full [-out docs/benchmarks.md] [-only name,...] [-pin] [-cpuprofile dir]
 //
@@ -47,7 +47,7 @@ func main() {
 
 func runBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("fleetshift-bench", flag.ContinueOnError)
-	set := fs.String("set", "quick", "quick (under 3 minutes, smaller sizes) or full (issue 6's sizes)")
+	set := fs.String("set", "quick", "quick (under 3 minutes, smaller sizes) or full (the goal sizes)")
 	out := fs.String("out", "", "write the report (Markdown) to this file, e.g. ../docs/benchmarks.md")
 	only := fs.String("only", "", "comma-separated measurements to run: "+strings.Join(bench.Names(), ", "))
 	pin := fs.Bool("pin", false, "pin the server to CPU 0 and load generators to CPU 1")

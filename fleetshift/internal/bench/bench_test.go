@@ -257,7 +257,7 @@ func TestStagedBatch(t *testing.T) {
 	for i := range 20 {
 		counts[stagedBatch(i, 20)]++
 	}
-	require.Equal(t, map[int]int{1: 2, 2: 8, 3: 10}, counts) // CONTRACT.md: 20 devices -> 2, 8, 10
+	require.Equal(t, map[int]int{1: 2, 2: 8, 3: 10}, counts) // docs/contract.md: 20 devices -> 2, 8, 10
 }
 
 func TestPrefixWriter(t *testing.T) {

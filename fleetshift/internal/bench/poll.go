@@ -125,7 +125,7 @@ func serveInHarness(h fasthttp.RequestHandler) (addr string, stop func(), err er
 	return ln.Addr().String(), func() { _ = srv.Shutdown() }, nil
 }
 
-// baselinePollApp is issue 6's poll baseline: a bare Fiber handler answering from a map.
+// baselinePollApp is the poll baseline: a bare Fiber handler answering from a map.
 func baselinePollApp(entries map[string]pollEntry) *fiber.App {
 	app := fiber.New(fiber.Config{DisableStartupMessage: true})
 	app.Get("/api/v1/device/:uuid/state", func(c *fiber.Ctx) error {

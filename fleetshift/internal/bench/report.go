@@ -10,7 +10,7 @@ import (
 
 // Row is one line of the result table: a measurement of fleetshift beside its baseline and goal.
 type Row struct {
-	// Name is the measurement's name from issue 6 (poll_304, plan_1m, ...).
+	// Name is the measurement's name (poll_304, plan_1m, ...).
 	Name string
 	// Value is fleetshift's median figure in Unit; Text, when set, is shown instead of it.
 	Value float64
@@ -120,7 +120,7 @@ func groupThousands(n int64) string {
 	return b.String()
 }
 
-// TableHeader is the header of the result table, as issue 6 names its columns.
+// TableHeader is the header of the result table, with its fixed columns.
 var tableHeader = [6]string{"name", "fleetshift", "baseline", "ratio", "goal", "pass"}
 
 // RenderTable renders rows as a Markdown table with the columns name | fleetshift | baseline | ratio |
@@ -167,7 +167,7 @@ func (r Report) Passed() bool {
 func (r Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
-	fmt.Fprintf(&b, "Latest `%s` run of the harness in `fleetshift/cmd/fleetshift-bench` (issue 6). Each figure is the\n", r.Set)
+	fmt.Fprintf(&b, "Latest `%s` run of the harness in `fleetshift/cmd/fleetshift-bench`. Each figure is the\n", r.Set)
 	fmt.Fprintf(&b, "median of at least 3 repetitions after a warm-up; every baseline was measured in the same run on the same machine.\n\n")
 	fmt.Fprintf(&b, "- date: %s\n", r.Date.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "- machine: %s\n", r.Machine.String())

@@ -97,7 +97,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 			}
 		}
 	}
-	rep.Notes = append(rep.Notes, "Goals are issue 6's, judged on the full set; the quick set runs the same measurements at smaller sizes "+
+	rep.Notes = append(rep.Notes, "Goals are judged on the full set; the quick set runs the same measurements at smaller sizes "+
 		"and its pass column is only indicative. Load generators and the device simulator run as separate processes "+
 		"(the bench binary re-executed with a hidden subcommand); so does the server under test, whose memory is read "+
 		"from /proc/<pid>/status. Baselines run in the harness process.")

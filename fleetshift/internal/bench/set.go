@@ -24,7 +24,7 @@ type Sizes struct {
 	RolloutTimeout time.Duration
 }
 
-// SetSizes returns the sizes of set "quick" or "full". full is issue 6's sizes; quick is small enough to
+// SetSizes returns the sizes of set "quick" or "full". full is the goal sizes; quick is small enough to
 // finish in under 3 minutes and only smoke-tests the goals.
 func SetSizes(set string) (Sizes, error) {
 	switch set {

@@ -1,5 +1,5 @@
 // Package bench is fleetshift's benchmark harness: it creates a fresh database, starts fleetshift and
-// its load generators as separate processes, measures the hot paths named in issue 6 beside baselines
+// its load generators as separate processes, measures the hot paths beside baselines
 // measured in the same run, and renders the result table (docs/benchmarks.md).
 //
 // Nothing here is a test assertion on time: `make test` only checks the harness's pure pieces.

@@ -71,7 +71,7 @@ func (e *env) countRows(query string, args ...any) int {
 	return n
 }
 
-// TestPushToFirstBatch is issue 2's end-to-end acceptance: a signed GHCR push becomes one staged rollout whose
+// TestPushToFirstBatch is the pipeline's end-to-end acceptance: a signed GHCR push becomes one staged rollout whose
 // first batch, and only it, sees the new image over HTTP and NATS; redeliveries and bad requests change nothing.
 func TestPushToFirstBatch(t *testing.T) {
 	t.Parallel()
