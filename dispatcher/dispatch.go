@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -84,8 +85,8 @@ func (s *Service) dispatch(ctx context.Context, cmd streams.DispatchV1, progress
 	if _, err := uuid.Parse(cmd.RolloutID); err != nil {
 		return Result{}, fmt.Errorf("dispatch rollout %q: rollout id: %w", cmd.RolloutID, errPermanent)
 	}
-	if cmd.Batch < 1 {
-		return Result{}, fmt.Errorf("dispatch rollout %s batch %d: batch numbers start at 1: %w", cmd.RolloutID, cmd.Batch, errPermanent)
+	if cmd.Batch < 1 || cmd.Batch > math.MaxInt32 {
+		return Result{}, fmt.Errorf("dispatch rollout %s batch %d: batch numbers run from 1 to %d: %w", cmd.RolloutID, cmd.Batch, math.MaxInt32, errPermanent)
 	}
 	res, err := s.schedule(ctx, cmd)
 	if err != nil {

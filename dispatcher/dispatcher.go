@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -45,6 +46,8 @@ type Config struct {
 	// WindowChunk is the most devices one command schedules for a scheduled-strategy rollout (default
 	// 500); the rest of the batch follows in further commands, each checking the window again.
 	WindowChunk int
+	// DeadLetterCount is called for every command dead-lettered (fleetshift_deadletter_total); optional.
+	DeadLetterCount func(consumer, reason string)
 }
 
 // Service is the dispatcher. Several replicas may run at once against the same database and stream.
@@ -58,6 +61,7 @@ type Service struct {
 	grace       time.Duration
 	now         func() time.Time
 	windowChunk int
+	settler     *consume.Settler
 }
 
 // New validates cfg, fills its defaults and returns a Service ready to Run.
@@ -75,12 +79,19 @@ func New(cfg Config) (*Service, error) {
 	if now == nil {
 		now = time.Now
 	}
+	subj := streams.New(cfg.Subjects.Prefix)
+	settler, err := consume.New(consume.Config{JS: cfg.JS, Subjects: subj, Consumer: streams.ConsumerDispatcher,
+		Log: cfg.Log, Count: cfg.DeadLetterCount, Ping: cfg.Pool.Ping})
+	if err != nil {
+		return nil, fmt.Errorf("new dispatcher: %w", err)
+	}
 	return &Service{
+		settler:     settler,
 		now:         now,
 		windowChunk: cmp.Or(cfg.WindowChunk, 500),
 		pool:        cfg.Pool,
 		js:          cfg.JS,
-		subj:        streams.New(cfg.Subjects.Prefix),
+		subj:        subj,
 		log:         cfg.Log,
 		ackWait:     cmp.Or(cfg.AckWait, 2*time.Minute),
 		workers:     cmp.Or(cfg.Workers, 2),
@@ -161,46 +172,40 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
-// errPermanent marks a command that can never succeed (malformed); it is terminated, not retried.
+// errPermanent marks a command that can never succeed (malformed); it is dead-lettered, not retried.
 var errPermanent = errors.New("malformed command")
 
-// handle runs one command message and settles it: ack on success, term when it can never succeed,
-// nak with a growing delay otherwise.
+// handle runs one command message and settles it: ack on success; a command that can never succeed
+// (unknown kind, unreadable, invalid, refused by PostgreSQL as bad data) is dead-lettered; other failures
+// are redelivered with a growing delay and dead-lettered after streams.MaxDeliver deliveries; while the
+// database is unreachable the command is held and run again once it answers.
 func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With().Str("subject", m.Subject()).Logger()
 	kind, id, ok := s.parseSubject(m.Subject())
 	if !ok || kind != streams.CommandDispatch {
-		log.Warn().Msg("dropping a rollout command of unknown kind")
-		_ = m.Term()
+		s.settler.DeadLetter(ctx, m, consume.ReasonInvalid, fmt.Errorf("rollout command of unknown kind %q", kind))
 		return
 	}
 	var cmd streams.DispatchV1
 	if err := json.Unmarshal(m.Data(), &cmd); err != nil {
-		log.Warn().Err(err).Msg("dropping an unreadable dispatch command")
-		_ = m.Term()
+		s.settler.DeadLetter(ctx, m, consume.ReasonDecode, fmt.Errorf("decode dispatch command: %w", err))
 		return
 	}
 	if cmd.RolloutID == "" {
 		cmd.RolloutID = id
 	}
-	res, err := s.dispatch(ctx, cmd, func() { _ = m.InProgress() })
-	if err != nil {
+	var res Result
+	err := s.settler.Handle(ctx, m, func(ctx context.Context) error {
+		var err error
+		res, err = s.dispatch(ctx, cmd, func() { _ = m.InProgress() })
 		if errors.Is(err, errPermanent) {
-			log.Warn().Err(err).Msg("dropping an invalid dispatch command")
-			_ = m.Term()
-			return
+			return consume.Permanent(consume.ReasonInvalid, err)
 		}
-		delay := time.Second
-		if md, mdErr := m.Metadata(); mdErr == nil {
-			delay = time.Second << min(md.NumDelivered-1, 6) // 1s .. 64s
-		}
-		log.Error().Err(err).Dur("retry_in", delay).Msg("dispatch failed; will retry")
-		_ = m.NakWithDelay(delay)
+		return err
+	}, func() error { return m.DoubleAck(ctx) })
+	if err != nil {
+		log.Warn().Err(err).Msg("dispatch failed")
 		return
-	}
-	if err := m.DoubleAck(ctx); err != nil {
-		// The work is done and idempotent: a redelivery only re-notifies.
-		log.Warn().Err(err).Msg("ack dispatch command")
 	}
 	log.Info().Str("rollout_id", cmd.RolloutID).Int("batch", cmd.Batch).Str("rollout_status", res.RolloutStatus).
 		Int("scheduled", res.Scheduled).Int("skipped", res.Skipped).Int("notified", res.Notified).

@@ -467,3 +467,40 @@ func TestPolicyHealthCheckIsHandedToDevices(t *testing.T) {
 		require.JSONEq(t, `{"type": "http", "url": "http://127.0.0.1:8080/healthz", "expected_status": 200, "health_check_timeout_seconds": 120}`, string(hc))
 	}
 }
+
+// TestPoisonCommandsAreDeadLettered: a command whose batch overflows int4 and an unreadable one are
+// terminated and recorded in the dead-letter stream with their reason and origin, counted, and the good
+// command published with them is dispatched.
+func TestPoisonCommandsAreDeadLettered(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ns := natstest.New(t)
+	counted := make(chan string, 8)
+	svc, err := New(Config{Pool: db.Pool, JS: ns.JS, Subjects: ns.Subjects, Log: logging.Nop(), AckWait: 30 * time.Second,
+		DeadLetterCount: func(consumer, reason string) { counted <- consumer + "/" + reason }})
+	require.NoError(t, err)
+	b := &bundle{db: db, ns: ns, svc: svc, ctx: context.Background()}
+	devs := b.devices(t, "p", 2, deviceApps)
+	id := b.rollout(t, "in_progress", devs)
+	b.run(t)
+	b.command(t, id, 3_000_000_000, "overflow")
+	_, err = ns.JS.Publish(b.ctx, ns.Subjects.Command(streams.CommandDispatch, id), []byte(`{"rollout_id":`))
+	require.NoError(t, err)
+	b.command(t, id, 1, "good")
+	b.handled(t)
+	require.Equal(t, 2, b.count(t, `SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND status = 'scheduled'`, id))
+
+	dl, err := ns.JS.Stream(b.ctx, ns.Subjects.DeadLetterStream())
+	require.NoError(t, err)
+	reasons := map[string]string{}
+	for seq := uint64(1); seq <= 2; seq++ {
+		m, err := dl.GetMsg(b.ctx, seq)
+		require.NoError(t, err)
+		require.Equal(t, ns.Subjects.DeadLetter(ns.Subjects.CommandsStream()), m.Subject)
+		require.Equal(t, streams.ConsumerDispatcher, m.Header.Get(streams.HeaderDLConsumer))
+		require.Equal(t, ns.Subjects.Command(streams.CommandDispatch, id), m.Header.Get(streams.HeaderDLSubject))
+		reasons[m.Header.Get(streams.HeaderDLSeq)] = m.Header.Get(streams.HeaderDLReason)
+	}
+	require.Equal(t, map[string]string{"1": "invalid", "2": "decode"}, reasons)
+	require.ElementsMatch(t, []string{"dispatcher/invalid", "dispatcher/decode"}, []string{<-counted, <-counted})
+}
