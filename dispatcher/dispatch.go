@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -137,7 +138,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, fmt.Errorf("lock rollout: %w", err)
 	}
 	res.RolloutStatus = r.status
-	if r.status != "in_progress" {
+	if r.status != string(lifecycle.InProgress) {
 		return res, nil // paused, cancelled, superseded, completed...: change nothing
 	}
 	if r.totalBatches > 0 && cmd.Batch > r.totalBatches {
@@ -146,7 +147,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	win, held, err := s.holdForWindow(ctx, tx, cmd.RolloutID)
 	if err != nil || held {
 		if held {
-			res.RolloutStatus = "scheduled"
+			res.RolloutStatus = string(lifecycle.Scheduled)
 		}
 		return res, err
 	}
@@ -159,7 +160,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 			SELECT d.device_uuid, t.version, t.apps
 			FROM device_rollout_status d
 			JOIN device_target_state t ON t.device_uuid = d.device_uuid
-			WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
+			WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`
 			ORDER BY d.device_uuid
 			LIMIT $3
 			FOR UPDATE OF t)
@@ -211,11 +212,11 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	// batch that have no target state at all.
 	tag, err := tx.Exec(ctx, `
 		UPDATE device_rollout_status d SET
-			status = 'skipped',
+			status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`,
 			error_message = $3,
 			completed_at = now(),
 			updated_at = now()
-		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = 'pending'
+		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`
 		  AND (d.device_uuid = ANY($4::text[])
 		       OR NOT EXISTS (SELECT 1 FROM device_target_state t WHERE t.device_uuid = d.device_uuid))`,
 		cmd.RolloutID, cmd.Batch, "target no longer runs "+r.repository, plan.skip)
@@ -274,7 +275,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `
 		UPDATE device_rollout_status d SET
-			status = 'scheduled',
+			status = `+lifecycle.SQL(lifecycle.DeviceScheduled)+`,
 			scheduled_at = now(),
 			target_version = v.version,
 			health_deadline = now() + make_interval(secs => $3),
@@ -284,7 +285,7 @@ func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.Disp
 			updated_at = now()
 		FROM unnest($6::text[], $7::bigint[]) AS v(device_uuid, version)
 		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.device_uuid = v.device_uuid
-		  AND d.status = 'pending'
+		  AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`
 		RETURNING d.device_uuid, d.old_image, d.target_version`,
 		cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, uuids, versions)
 	if err != nil {
@@ -402,7 +403,7 @@ func rewriteOne(raw []byte, repository, image string, set map[string]any) (outco
 func (s *Service) notify(ctx context.Context, cmd streams.DispatchV1, written []target.Current) (int, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT device_uuid FROM device_rollout_status
-		WHERE rollout_id = $1 AND batch_number = $2 AND status NOT IN ('pending', 'skipped')`,
+		WHERE rollout_id = $1 AND batch_number = $2 AND status NOT IN (`+lifecycle.SQL(lifecycle.DevicePending, lifecycle.DeviceSkipped)+`)`,
 		cmd.RolloutID, cmd.Batch)
 	if err != nil {
 		return 0, fmt.Errorf("list devices to notify: %w", err)

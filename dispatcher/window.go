@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/window"
 	"github.com/fleetshift/fleetshift/streams"
@@ -59,8 +60,8 @@ func (s *Service) windowGate(ctx context.Context, tx pgx.Tx, rolloutID string) (
 // deferToWindow sets an in-progress rollout whose window is closed back to scheduled with its durable
 // timer at the window's next opening; healthwatch requests the batch again then. Nothing is dispatched.
 func deferToWindow(ctx context.Context, tx pgx.Tx, rolloutID string, g gate) error {
-	if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'scheduled', next_batch_at = $2, updated_at = now()
-		WHERE rollout_id = $1 AND status = 'in_progress'`, rolloutID, g.next); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.Scheduled)+`, next_batch_at = $2, updated_at = now()
+		WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.InProgress)+``, rolloutID, g.next); err != nil {
 		return fmt.Errorf("wait for maintenance window: %w", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -136,9 +137,9 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	}
 	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET
 			status = u.status,
-			error_message = CASE WHEN u.status = 'failed' THEN NULLIF(u.reason, '') ELSE d.error_message END,
+			error_message = CASE WHEN u.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+` THEN NULLIF(u.reason, '') ELSE d.error_message END,
 			started_at = COALESCE(d.started_at, now()),
-			completed_at = CASE WHEN u.status IN ('completed', 'failed') THEN now() ELSE d.completed_at END,
+			completed_at = CASE WHEN u.status IN (`+lifecycle.SQL(lifecycle.DeviceCompleted, lifecycle.DeviceFailed)+`) THEN now() ELSE d.completed_at END,
 			updated_at = now()
 		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
 		     AS u(rollout_id, device_uuid, expected, status, reason)

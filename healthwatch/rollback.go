@@ -12,13 +12,14 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
 // moved are the device statuses whose target the dispatcher has rewritten to the new image.
-var moved = []string{statusScheduled, statusUpdating, statusHealthChecking, statusCompleted, statusFailed}
+var moved = lifecycle.Strings(lifecycle.Moved...)
 
 // restore returns the rows of a locked rollout that are in one of statuses (and, when devices is not
 // nil, named in it) to their own old image and marks them rolled_back, set-based: one read of their
@@ -99,7 +100,7 @@ func restore(ctx context.Context, w *work, ro rolloutRef, statuses, devices []st
 	if err := outbox.Add(ctx, w.tx, msgs...); err != nil {
 		return 0, fmt.Errorf("notify rolled back devices: %w", err)
 	}
-	res, err := w.tx.Query(ctx, `UPDATE device_rollout_status SET status = 'rolled_back', completed_at = now(),
+	res, err := w.tx.Query(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+`, completed_at = now(),
 		updated_at = now()
 		WHERE rollout_id = $1 AND status = ANY($2) AND ($3::text[] IS NULL OR device_uuid = ANY($3))
 		RETURNING device_uuid, batch_number, COALESCE(old_image, '')`, ro.id, statuses, devices)
@@ -157,8 +158,8 @@ func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects,
 	if err != nil {
 		return fmt.Errorf("roll back rollout %s: %w", rolloutID, err)
 	}
-	skipped, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = 'skipped', updated_at = now()
-		WHERE rollout_id = $1 AND status = 'pending'`, ro.id)
+	skipped, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`, updated_at = now()
+		WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.DevicePending)+``, ro.id)
 	if err != nil {
 		return fmt.Errorf("roll back rollout %s: skip pending devices: %w", rolloutID, err)
 	}
@@ -172,7 +173,7 @@ func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects,
 			}
 		}
 	}
-	if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'rolled_back', completed_at = now(),
+	if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.RolledBack)+`, completed_at = now(),
 		next_batch_at = NULL, updated_at = now() WHERE rollout_id = $1`, ro.id); err != nil {
 		return fmt.Errorf("roll back rollout %s: %w", rolloutID, err)
 	}
@@ -223,8 +224,8 @@ func RollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjec
 	case statusRolledBack, statusSkipped:
 		return nil
 	case statusPending:
-		if _, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = 'skipped', updated_at = now()
-			WHERE rollout_id = $1 AND device_uuid = $2 AND status = 'pending'`, ro.id, deviceUUID); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`, updated_at = now()
+			WHERE rollout_id = $1 AND device_uuid = $2 AND status = `+lifecycle.SQL(lifecycle.DevicePending)+``, ro.id, deviceUUID); err != nil {
 			return fmt.Errorf("roll back device %s of rollout %s: %w", deviceUUID, rolloutID, err)
 		}
 	default:

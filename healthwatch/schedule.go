@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/window"
 	"github.com/fleetshift/fleetshift/streams"
@@ -48,7 +49,7 @@ func (s *Service) openWindows(ctx context.Context) (int, error) {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	rows, err := tx.Query(ctx, `SELECT rollout_id::text, policy FROM image_rollouts
-		WHERE status = 'scheduled' AND (next_batch_at IS NULL OR next_batch_at <= $1)
+		WHERE status = `+lifecycle.SQL(lifecycle.Scheduled)+` AND (next_batch_at IS NULL OR next_batch_at <= $1)
 		ORDER BY rollout_id LIMIT $2
 		FOR UPDATE SKIP LOCKED`, now, claimLimit)
 	if err != nil {
@@ -84,13 +85,13 @@ func (s *Service) openWindows(ctx context.Context) (int, error) {
 	if len(waitIDs) > 0 {
 		if _, err := tx.Exec(ctx, `UPDATE image_rollouts r SET next_batch_at = u.at, updated_at = now()
 			FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-			WHERE r.rollout_id = u.id AND r.status = 'scheduled'`, waitIDs, waitUntil); err != nil {
+			WHERE r.rollout_id = u.id AND r.status = `+lifecycle.SQL(lifecycle.Scheduled)+``, waitIDs, waitUntil); err != nil {
 			return 0, fmt.Errorf("open maintenance windows: set timers: %w", err)
 		}
 	}
 	if len(open) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'in_progress', next_batch_at = NULL,
-			updated_at = now() WHERE rollout_id = ANY($1::uuid[]) AND status = 'scheduled'`, open); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.InProgress)+`, next_batch_at = NULL,
+			updated_at = now() WHERE rollout_id = ANY($1::uuid[]) AND status = `+lifecycle.SQL(lifecycle.Scheduled)+``, open); err != nil {
 			return 0, fmt.Errorf("open maintenance windows: %w", err)
 		}
 		for _, id := range open {
@@ -127,7 +128,7 @@ func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, roll
 		WITH x AS (
 			SELECT r.rollout_id, CASE
 				WHEN r.current_batch >= 1 AND EXISTS (SELECT 1 FROM device_rollout_status d
-					WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch AND d.status = 'pending')
+					WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`)
 					THEN r.current_batch
 				WHEN r.requested_batch > r.current_batch THEN r.requested_batch
 				WHEN r.current_batch = 0 AND r.total_batches >= 1 THEN 1

@@ -13,6 +13,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -72,14 +73,14 @@ func recount(ctx context.Context, tx pgx.Tx, ids []string) ([]rollout, error) {
 	rows, err := tx.Query(ctx, `
 		WITH c AS (
 			SELECT r.rollout_id,
-			       count(d.device_uuid) FILTER (WHERE d.status = 'completed') AS completed,
-			       count(d.device_uuid) FILTER (WHERE d.status = 'failed') AS failed,
-			       count(d.device_uuid) FILTER (WHERE d.status = 'rolled_back') AS rolled_back,
-			       count(d.device_uuid) FILTER (WHERE d.status = 'failed'
-			             OR (d.status = 'rolled_back' AND d.error_message IS NOT NULL)) AS failures,
-			       count(d.device_uuid) FILTER (WHERE d.status IN ('completed', 'failed', 'rolled_back')) AS finished,
+			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceCompleted)+`) AS completed,
+			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`) AS failed,
+			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+`) AS rolled_back,
+			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`
+			             OR (d.status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+` AND d.error_message IS NOT NULL)) AS failures,
+			       count(d.device_uuid) FILTER (WHERE d.status IN (`+lifecycle.SQL(lifecycle.Finished...)+`)) AS finished,
 			       count(d.device_uuid) FILTER (WHERE d.batch_number = r.current_batch
-			             AND d.status IN ('pending', 'scheduled', 'updating', 'health_checking')) AS open
+			             AND d.status IN (`+lifecycle.SQL(lifecycle.Unfinished...)+`)) AS open
 			FROM image_rollouts r
 			LEFT JOIN device_rollout_status d ON d.rollout_id = r.rollout_id
 			WHERE r.rollout_id = ANY($1::uuid[])
@@ -154,9 +155,9 @@ func (ro rollout) shouldPause(n finishes) bool {
 func settleOne(ctx context.Context, w *work, ro rollout, n finishes) error {
 	tx := w.tx
 	if ro.shouldPause(n) {
-		tag, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'paused', auto_paused = true,
+		tag, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.Paused)+`, auto_paused = true,
 			paused_at = now(), next_batch_at = NULL, updated_at = now()
-			WHERE rollout_id = $1 AND status = 'in_progress'`, ro.id)
+			WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.InProgress)+``, ro.id)
 		if err != nil {
 			return fmt.Errorf("pause: %w", err)
 		}
@@ -211,8 +212,8 @@ func settleOne(ctx context.Context, w *work, ro rollout, n finishes) error {
 		return nil // the next batch is already due or requested
 	}
 	if justCompleted && ro.policy.BatchApproval {
-		if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = 'awaiting_approval', updated_at = now()
-			WHERE rollout_id = $1 AND status = 'in_progress'`, ro.id); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.AwaitingApproval)+`, updated_at = now()
+			WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.InProgress)+``, ro.id); err != nil {
 			return fmt.Errorf("await approval: %w", err)
 		}
 		w.event(batchCompleted(ro, nil, true))
@@ -253,8 +254,8 @@ func batchCompleted(ro rollout, next *time.Time, awaitingApproval bool) events.E
 // complete ends an in-progress rollout whose last batch finished and moves the default targets of the
 // fleets it covered to the new image.
 func complete(ctx context.Context, w *work, ro rollout) error {
-	tag, err := w.tx.Exec(ctx, `UPDATE image_rollouts SET status = 'completed', completed_at = now(),
-		next_batch_at = NULL, updated_at = now() WHERE rollout_id = $1 AND status = 'in_progress'`, ro.id)
+	tag, err := w.tx.Exec(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.Completed)+`, completed_at = now(),
+		next_batch_at = NULL, updated_at = now() WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.InProgress)+``, ro.id)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -28,7 +29,7 @@ func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH due AS (
 			SELECT rollout_id FROM image_rollouts
-			WHERE next_batch_at <= now() AND status = 'in_progress'
+			WHERE next_batch_at <= now() AND status = `+lifecycle.SQL(lifecycle.InProgress)+`
 			ORDER BY next_batch_at LIMIT $1
 			FOR UPDATE SKIP LOCKED
 		)
@@ -87,7 +88,7 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
 		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
 		                       WHERE d.health_deadline < now()
-		                         AND d.status IN ('scheduled', 'updating', 'health_checking'))
+		                         AND d.status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`))
 		  AND r.status = ANY($1)
 		ORDER BY r.rollout_id LIMIT $2
 		FOR UPDATE OF r SKIP LOCKED`, activeRollout, claimLimit)
@@ -101,11 +102,11 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 	if len(locked) == 0 {
 		return 0, nil
 	}
-	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET status = 'failed',
+	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`,
 			error_message = 'health check timeout', completed_at = now(), updated_at = now()
 		FROM (SELECT rollout_id, device_uuid, status FROM device_rollout_status
 		      WHERE rollout_id = ANY($1::uuid[]) AND health_deadline < now()
-		        AND status IN ('scheduled', 'updating', 'health_checking')
+		        AND status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
 		      FOR UPDATE) o
 		WHERE d.rollout_id = o.rollout_id AND d.device_uuid = o.device_uuid
 		RETURNING d.rollout_id::text, d.device_uuid, o.status, d.batch_number, COALESCE(d.new_image, '')`, locked)
@@ -157,11 +158,11 @@ func (s *Service) sweep(ctx context.Context) (int, error) {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	rows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
-		WHERE r.status = 'in_progress' AND r.next_batch_at IS NULL AND r.current_batch >= 1
+		WHERE r.status = `+lifecycle.SQL(lifecycle.InProgress)+` AND r.next_batch_at IS NULL AND r.current_batch >= 1
 		  AND (r.completed_batch < r.current_batch OR r.requested_batch <= r.current_batch)
 		  AND NOT EXISTS (SELECT 1 FROM device_rollout_status d
 		                  WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch
-		                    AND d.status IN ('pending', 'scheduled', 'updating', 'health_checking'))
+		                    AND d.status IN (`+lifecycle.SQL(lifecycle.Unfinished...)+`))
 		ORDER BY r.rollout_id LIMIT $1
 		FOR UPDATE OF r SKIP LOCKED`, claimLimit)
 	if err != nil {
@@ -197,7 +198,7 @@ func (s *Service) retryLostDispatches(ctx context.Context) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH lost AS (
 			SELECT rollout_id FROM image_rollouts
-			WHERE status = 'in_progress' AND requested_batch > current_batch
+			WHERE status = `+lifecycle.SQL(lifecycle.InProgress)+` AND requested_batch > current_batch
 			  AND requested_at < now() - make_interval(secs => $1)
 			ORDER BY requested_at LIMIT $2
 			FOR UPDATE SKIP LOCKED

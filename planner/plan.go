@@ -14,6 +14,7 @@ import (
 	"github.com/fleetshift/fleetshift/planner/match"
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -341,13 +342,13 @@ func (p *RolloutPlan) Preview() *PreviewResult {
 	return out
 }
 
-// Rollout statuses the planner creates rollouts in.
+// Rollout statuses the planner creates rollouts in (lifecycle.Initial) or moves them to (superseded).
 const (
-	StatusPending    = "pending"
-	StatusScheduled  = "scheduled"
-	StatusInProgress = "in_progress"
-	StatusCompleted  = "completed"
-	StatusSuperseded = "superseded"
+	StatusPending    = string(lifecycle.Pending)
+	StatusScheduled  = string(lifecycle.Scheduled)
+	StatusInProgress = string(lifecycle.InProgress)
+	StatusCompleted  = string(lifecycle.Completed)
+	StatusSuperseded = string(lifecycle.Superseded)
 )
 
 // initialStatus is the status the plan's rollout is created in.

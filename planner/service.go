@@ -18,6 +18,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -155,7 +156,7 @@ type Result struct {
 	Superseded []string
 }
 
-var activeStatuses = []string{"pending", "scheduled", "in_progress", "paused", "awaiting_approval"}
+var activeStatuses = lifecycle.Strings(lifecycle.Active...)
 
 // HandlePush plans push and writes the outcome in one transaction: the rollout, its device rows (COPY),
 // the superseding of an active rollout of the same repository and policy, the first dispatch command
@@ -227,7 +228,7 @@ func (s *Service) handleTx(ctx context.Context, tx pgx.Tx, push streams.PushV1) 
 	if ref.Digest != "" {
 		var existing string
 		err := tx.QueryRow(ctx, `SELECT rollout_id::text FROM image_rollouts
-			WHERE repository = $1 AND new_tag = $2 AND new_digest = $3 AND policy_id = $4 AND status <> 'superseded'
+			WHERE repository = $1 AND new_tag = $2 AND new_digest = $3 AND policy_id = $4 AND status <> `+lifecycle.SQL(lifecycle.Superseded)+`
 			ORDER BY created_at DESC LIMIT 1`, ref.Repository, ref.Tag, ref.Digest, plan.Policy.ID).Scan(&existing)
 		switch {
 		case err == nil:
@@ -279,8 +280,8 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 			new_digest, new_image, strategy, status, current_batch, total_batches, batch_sizes, total_devices,
 			policy, registry, started_at, completed_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15, $16,
-			CASE WHEN $11 IN ('in_progress', 'completed') THEN now() END,
-			CASE WHEN $11 = 'completed' THEN now() END)`,
+			CASE WHEN $11 IN (`+lifecycle.SQL(lifecycle.InProgress, lifecycle.Completed)+`) THEN now() END,
+			CASE WHEN $11 = `+lifecycle.SQL(lifecycle.Completed)+` THEN now() END)`,
 		id, pol.ID, push.EventID, push.ImageName, push.Repository, oldTag, push.Tag, push.Digest, plan.NewImage,
 		pol.UpdateStrategy, status, len(batchSizes), batchSizes, len(plan.Devices), snapshot, nullable(push.Registry)); err != nil {
 		return Result{}, fmt.Errorf("insert rollout of %s: %w", plan.NewImage, err)
@@ -288,7 +289,7 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 
 	// Supersede active rollouts of the same repository and policy; their unfinished devices still run
 	// the repository, so they are part of the new plan, and their old rows are skipped.
-	rows, err := tx.Query(ctx, `UPDATE image_rollouts SET status = 'superseded', superseded_by = $1,
+	rows, err := tx.Query(ctx, `UPDATE image_rollouts SET status = `+lifecycle.SQL(lifecycle.Superseded)+`, superseded_by = $1,
 			next_batch_at = NULL, completed_at = now(), updated_at = now()
 		WHERE repository = $2 AND policy_id = $3 AND rollout_id <> $1 AND status = ANY($4)
 		RETURNING rollout_id::text`, id, push.Repository, pol.ID, activeStatuses)
@@ -300,9 +301,9 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 		return Result{}, fmt.Errorf("supersede rollouts of %s: %w", push.Repository, err)
 	}
 	if len(superseded) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = 'skipped', health_deadline = NULL,
+		if _, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`, health_deadline = NULL,
 				error_message = 'superseded by rollout ' || $2, updated_at = now()
-			WHERE rollout_id = ANY($1::uuid[]) AND status IN ('pending', 'scheduled', 'updating', 'health_checking')`,
+			WHERE rollout_id = ANY($1::uuid[]) AND status IN (`+lifecycle.SQL(lifecycle.Unfinished...)+`)`,
 			superseded, id); err != nil {
 			return Result{}, fmt.Errorf("skip devices of superseded rollouts: %w", err)
 		}
@@ -311,7 +312,7 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 	if len(plan.Devices) > 0 {
 		rows := make([][]any, len(plan.Devices))
 		for i, d := range plan.Devices {
-			rows[i] = []any{id, d.DeviceUUID, int32(d.Batch), "pending", d.OldTag, push.Tag, d.OldImage, plan.NewImage}
+			rows[i] = []any{id, d.DeviceUUID, int32(d.Batch), string(lifecycle.DevicePending), d.OldTag, push.Tag, d.OldImage, plan.NewImage}
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"device_rollout_status"},
 			[]string{"rollout_id", "device_uuid", "batch_number", "status", "old_image_tag", "new_image_tag", "old_image", "new_image"},

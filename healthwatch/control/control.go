@@ -42,6 +42,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/events"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
@@ -73,14 +74,14 @@ const (
 	EventBatchApproved = streams.EventBatchApproved
 )
 
-// Rollout statuses.
+// Rollout statuses (shared/lifecycle), as the plain strings the rollout row is read into.
 const (
-	statusPending          = "pending"
-	statusScheduled        = "scheduled"
-	statusInProgress       = "in_progress"
-	statusPaused           = "paused"
-	statusAwaitingApproval = "awaiting_approval"
-	statusCancelled        = "cancelled"
+	statusPending          = string(lifecycle.Pending)
+	statusScheduled        = string(lifecycle.Scheduled)
+	statusInProgress       = string(lifecycle.InProgress)
+	statusPaused           = string(lifecycle.Paused)
+	statusAwaitingApproval = string(lifecycle.AwaitingApproval)
+	statusCancelled        = string(lifecycle.Cancelled)
 )
 
 // Result is the answer to a verb: {"ok": true, "status": "<new status>", "rollout": {...}}. Changed is
@@ -169,14 +170,14 @@ func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, acto
 		// a rollout already rolled back, or a device already back or skipped, stays as it is.
 		var done bool
 		var status string
-		if err := s.pool.QueryRow(ctx, `SELECT r.status, CASE WHEN $2::text = '' THEN r.status = 'rolled_back'
-				ELSE coalesce((SELECT d.status IN ('rolled_back', 'skipped') FROM device_rollout_status d
+		if err := s.pool.QueryRow(ctx, `SELECT r.status, CASE WHEN $2::text = '' THEN r.status = `+lifecycle.SQL(lifecycle.RolledBack)+`
+				ELSE coalesce((SELECT d.status IN (`+lifecycle.SQL(lifecycle.DeviceRolledBack, lifecycle.DeviceSkipped)+`) FROM device_rollout_status d
 				               WHERE d.rollout_id = r.rollout_id AND d.device_uuid = $2), false) END
 			FROM image_rollouts r WHERE r.rollout_id = $1`, rolloutID, deviceUUID).Scan(&status, &done); err != nil &&
 			!errors.Is(err, pgx.ErrNoRows) {
 			return Result{}, fmt.Errorf("%s rollout %s: %w", verb, rolloutID, err)
 		}
-		if status == "superseded" { // healthwatch refuses it too, under the lock
+		if status == string(lifecycle.Superseded) { // healthwatch refuses it too, under the lock
 			return Result{}, apierr.New(apierr.ErrConflict, "invalid_state",
 				"cannot %s a superseded rollout: its devices moved to the newer rollout; roll that one back", verb)
 		}
@@ -264,13 +265,15 @@ type rollout struct {
 // action is what a verb does to a rollout in a status.
 type action struct{ change bool }
 
-// terminal says, for the statuses no verb brings back, how to put it in a 409.
-var terminal = map[string]string{
-	"completed":   "completed",
-	"failed":      "failed",
-	"cancelled":   "cancelled",
-	"rolled_back": "rolled-back",
-	"superseded":  "superseded",
+// ended says, for a rollout status that is over (lifecycle.Terminal), how to put it in a 409.
+func ended(status string) (string, bool) {
+	if !lifecycle.Status(status).IsTerminal() {
+		return "", false
+	}
+	if status == string(lifecycle.RolledBack) {
+		return "rolled-back", true
+	}
+	return status, true
 }
 
 // decide returns what verb does to a rollout in status, or the 409 that says why it does not apply.
@@ -339,7 +342,7 @@ func decide(verb Verb, status string) (action, error) {
 			return conflict("cannot approve a paused rollout: resume it")
 		}
 	}
-	if t, ok := terminal[status]; ok {
+	if t, ok := ended(status); ok {
 		return conflict("cannot %s %s %s rollout: it has ended", verb, article(status), t)
 	}
 	return conflict("cannot %s %s %s rollout", verb, article(status), status)
@@ -400,16 +403,16 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 		// times them out any more.
 		var skipped, moved int64
 		if err := tx.QueryRow(ctx, `WITH s AS (
-				UPDATE device_rollout_status SET status = 'skipped', error_message = 'rollout cancelled',
+				UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`, error_message = 'rollout cancelled',
 					completed_at = now(), updated_at = now()
-				WHERE rollout_id = $1 AND status = 'pending' RETURNING 1
+				WHERE rollout_id = $1 AND status = `+lifecycle.SQL(lifecycle.DevicePending)+` RETURNING 1
 			), m AS (
 				UPDATE device_rollout_status SET health_deadline = NULL, updated_at = now()
-				WHERE rollout_id = $1 AND status IN ('scheduled', 'updating', 'health_checking')
+				WHERE rollout_id = $1 AND status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
 				  AND health_deadline IS NOT NULL RETURNING 1
 			)
 			SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM device_rollout_status
-				WHERE rollout_id = $1 AND status IN ('scheduled', 'updating', 'health_checking', 'completed', 'failed'))`,
+				WHERE rollout_id = $1 AND status IN (`+lifecycle.SQL(lifecycle.Moved...)+`))`,
 			ro.id).Scan(&skipped, &moved); err != nil {
 			return nil, fmt.Errorf("skip pending devices: %w", err)
 		}
