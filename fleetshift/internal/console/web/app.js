@@ -195,6 +195,8 @@
   function signOut(message) {
     if (current) { current.destroy(); current = null; }
     session.clear();
+    $('#who-name').textContent = '';
+    $('#who-scope').textContent = '';
     current = signInPage(message);
   }
 
@@ -251,7 +253,7 @@
     { verb: 'pause', label: 'Pause', when: ['in_progress', 'scheduled', 'awaiting_approval'], text: 'Pause this rollout: nothing further is dispatched until it is resumed.' },
     { verb: 'resume', label: 'Resume', when: ['paused'], text: 'Resume this rollout.' },
     { verb: 'approve', label: 'Approve next batch', when: ['awaiting_approval'], text: 'Approve the next batch of this rollout.' },
-    { verb: 'cancel', label: 'Cancel', when: [], danger: true, text: 'Cancel this rollout: nothing further is dispatched; moved devices stay on the new image.' },
+    { verb: 'cancel', label: 'Cancel', when: ACTIVE, danger: true, text: 'Cancel this rollout: nothing further is dispatched; moved devices stay on the new image.' },
     { verb: 'rollback-all', label: 'Roll back all', when: [], danger: true, text: 'Move every device this rollout moved back to its own old image.' },
   ];
 
@@ -306,7 +308,7 @@
         <th class="num">Running</th><th class="num">Failed</th><th class="num">Rolled back</th><th class="num">Pending</th></tr></thead><tbody>${
   sizes.map((s, i) => {
     const b = byNum[i + 1]; const x = groups((b && b.statuses) || {});
-    return `<tr data-batch="${i + 1}"><td>${i + 1}${i + 1 === r.current_batch && ACTIVE.includes(r.status) ? ' <span class="sub">current</span>' : ''}<div class="sub">${s} devices</div></td>
+    return `<tr data-batch="${i + 1}"><td style="white-space:nowrap">${i + 1}${i + 1 === r.current_batch && ACTIVE.includes(r.status) ? ' <span class="sub">current</span>' : ''}<div class="sub">${s} devices</div></td>
             <td>${barHTML(b, s, true)}</td><td class="num">${x.completed}</td><td class="num">${x.running}</td><td class="num">${x.failed}</td>
             <td class="num">${x.rolledBack}</td><td class="num">${x.pending}</td></tr>`;
   }).join('')}</tbody></table>` : '<div class="empty">No devices in this rollout.</div>';

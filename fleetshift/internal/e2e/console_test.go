@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/fleetshift/fleetshift/agent/sim"
+	"github.com/fleetshift/fleetshift/shared/wait"
+)
+
+// browser is a headless Chromium tab driven over the DevTools protocol.
+type browser struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+// newBrowser starts Debian's Chromium for the test. Without one the test is skipped, or fails with one
+// line when FLEETSHIFT_REQUIRE_BROWSER=1 (make test sets it). When the test fails, a screenshot of the
+// page goes to $FLEETSHIFT_SCREENSHOT_DIR, else to a fresh folder in the system's temp dir (both logged).
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	path := ""
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			path = p
+			break
+		}
+	}
+	if path == "" {
+		if os.Getenv("FLEETSHIFT_REQUIRE_BROWSER") == "1" {
+			t.Fatal("console browser test: chromium not found (apt-get install -y chromium)")
+		}
+		t.Skip("chromium not installed; set FLEETSHIFT_REQUIRE_BROWSER=1 to make this a failure")
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox,
+		chromedp.WindowSize(1360, 1000), chromedp.UserDataDir(t.TempDir()))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() { cancelCtx(); cancelAlloc() })
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1360, 1000)); err != nil {
+		t.Fatalf("start chromium (%s): %v", path, err)
+	}
+	b := &browser{t: t, ctx: ctx}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b.screenshotOnFailure()
+		}
+	})
+	return b
+}
+
+func (b *browser) screenshotOnFailure() {
+	dir := os.Getenv("FLEETSHIFT_SCREENSHOT_DIR")
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fleetshift-console-")
+		if err != nil {
+			b.t.Logf("screenshot: %v", err)
+			return
+		}
+		dir = d
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.t.Logf("screenshot: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot: %v", err)
+		return
+	}
+	file := filepath.Join(dir, filepath.Base(b.t.Name())+".png")
+	if err := os.WriteFile(file, png, 0o644); err != nil {
+		b.t.Logf("screenshot: %v", err)
+		return
+	}
+	b.t.Logf("screenshot of the page at failure: %s", file)
+}
+
+// do runs steps, failing the test when one does not succeed within 30 s.
+func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// eval returns the value of a JavaScript expression in the page.
+func (b *browser) eval(expr string) (any, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+	defer cancel()
+	return chromedp.Run(ctx, chromedp.Evaluate[any](expr))
+}
+
+// waitFor polls until the JavaScript expression is true.
+func (b *browser) waitFor(what, expr string, timeout time.Duration) {
+	b.t.Helper()
+	wait.For(b.t, timeout, func() error {
+		v, err := b.eval(expr)
+		if err != nil {
+			return fmt.Errorf("%s: %v", what, err)
+		}
+		if v != true {
+			return fmt.Errorf("%s: not yet (%s is %v)", what, expr, v)
+		}
+		return nil
+	})
+}
+
+// text is the text content of the first element matching a CSS selector ("" when there is none).
+func (b *browser) text(sel string) string {
+	v, _ := b.eval(fmt.Sprintf(`(document.querySelector(%q)||{}).textContent||""`, sel))
+	s, _ := v.(string)
+	return s
+}
+
+func (b *browser) signIn(url, token string) {
+	b.t.Helper()
+	b.do("open the console", chromedp.Navigate(url+"/ui/"))
+	b.waitFor("sign-in form or console", `!!document.querySelector('#token') || !!document.querySelector('#signout')`, 20*time.Second)
+	if v, _ := b.eval(`!!document.querySelector('#token')`); v != true {
+		b.do("sign out", chromedp.Click(chromedp.CSS("#signout")))
+	}
+	b.do("sign in", chromedp.WaitVisible(chromedp.CSS("#token")), chromedp.SendKeys(chromedp.CSS("#token"), token),
+		chromedp.Click(chromedp.CSS("#signin-btn")))
+	b.waitFor("signed in", `!document.querySelector('#token') && document.querySelector('#who-name').textContent !== ''`, 20*time.Second)
+}
+
+// verb clicks a rollout control button and confirms it in the dialog.
+func (b *browser) verb(verb string) {
+	b.t.Helper()
+	b.do("click "+verb, chromedp.Click(chromedp.CSS(`#controls button[data-verb="`+verb+`"]`)))
+	b.do("confirm "+verb, chromedp.WaitVisible(chromedp.CSS("#modal-confirm")), chromedp.Click(chromedp.CSS("#modal-confirm")))
+}
+
+// TestConsoleInBrowser drives the web console in headless Chromium against a real server and simulated
+// devices: sign in with an operate token; a staged rollout is watched to completed on its page without
+// a reload (Server-Sent Events), with its batches, failures and timeline; a second rollout is paused
+// with the button; a verb that does not apply shows the API's 409 message; a read token sees no
+// control buttons. FLEETSHIFT_CONSOLE_SCREENSHOT=<file> also writes the screenshot the README shows.
+func TestConsoleInBrowser(t *testing.T) {
+	t.Parallel()
+	b := newBrowser(t)
+	e := newEnv(t)
+	e.start()
+
+	// acme/app rolls out in three batches with a threshold the simulated failures stay under;
+	// acme/slow waits an hour after its first batch, so it is in progress when we pause it.
+	e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{
+		"max_failure_rate": 0.5, "min_sample_size": 5, "auto_rollback_enabled": true,
+		"description": "app: 10/50/100, roll back above 50%"}), 201)
+	e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"image_pattern": "acme/slow:*",
+		"batch_delay_seconds": 3600, "max_failure_rate": 0.5}), 201)
+	_, operate := e.operatorToken("console-operator", "operate")
+	_, read := e.operatorToken("console-viewer", "read")
+	s := e.runSim("plant-a", 20, []string{"acme/app:1.0", "acme/slow:1.0"}, func(c *sim.Config) {
+		c.FailRates = []sim.Rate{{Glob: "acme/app:1.1", P: 0.15}}
+	})
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.Healthy == c.Devices && c.Devices == 20 })
+
+	b.signIn(e.srv.HTTPURL, operate)
+	b.waitFor("rollouts page", `location.hash === '#/rollouts' && !!document.querySelector('#rollouts-body')`, 10*time.Second)
+	if got := b.text("#who-scope"); got != "operate" {
+		t.Fatalf("scope shown after sign-in: %q, want operate", got)
+	}
+	// A marker that a reload would lose: everything below must happen live.
+	if _, err := b.eval(`window.__noReload = 'still here'`); err != nil {
+		t.Fatal(err)
+	}
+
+	// The push appears in the list by itself; open it and watch it finish.
+	e.push("acme/app", "1.1")
+	id := e.latestRollout("acme/app:1.1")
+	b.waitFor("the new rollout in the list", fmt.Sprintf(`!!document.querySelector('tr[data-rollout="%s"]')`, id), 20*time.Second)
+	b.do("open the rollout", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-rollout="%s"]`, id))))
+	b.waitFor("rollout page", `!!document.querySelector('#rollout-status')`, 10*time.Second)
+	b.waitFor("rollout completed on screen", `document.querySelector('#rollout-status').dataset.status === 'completed'`, 120*time.Second)
+	row := e.rollout(id)
+	if row.Status != "completed" || row.Failed == 0 {
+		t.Fatalf("rollout after the run: %+v; the test wants it completed with some failures", row)
+	}
+	b.waitFor("every batch row", `document.querySelectorAll('#r-batches tr[data-batch]').length === 3`, 10*time.Second)
+	b.waitFor("failed devices with their reason", `[...document.querySelectorAll('#r-devices tr')].some(tr =>
+		tr.querySelector('[data-status="failed"]') && tr.querySelector('.reason').textContent.trim() !== '')`, 10*time.Second)
+	b.waitFor("the completion in the timeline", `!!document.querySelector('#r-events li[data-type="image.rollout_completed"]')`, 10*time.Second)
+	b.waitFor("the failure-rate chart with its threshold", `!!document.querySelector('#r-chart svg .thr')`, 10*time.Second)
+	if out := os.Getenv("FLEETSHIFT_CONSOLE_SCREENSHOT"); out != "" {
+		ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+		cancel()
+		if err != nil {
+			t.Fatalf("screenshot for the README: %v", err)
+		}
+		if err := os.WriteFile(out, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s (%d bytes)", out, len(png))
+	}
+
+	// A second rollout, in progress: pause it with the button.
+	e.push("acme/slow", "1.1")
+	slow := e.latestRollout("acme/slow:1.1")
+	e.waitStatus(slow, 30*time.Second, "in_progress")
+	b.do("open the second rollout", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts/"+slow))
+	b.waitFor("in progress on screen", `(document.querySelector('#rollout-status')||{dataset:{}}).dataset.status === 'in_progress'`, 20*time.Second)
+	b.verb("pause")
+	b.waitFor("paused on screen", `document.querySelector('#rollout-status').dataset.status === 'paused'`, 20*time.Second)
+	if st := e.rollout(slow).Status; st != "paused" {
+		t.Fatalf("after the pause button the rollout is %s", st)
+	}
+	// start does not apply to a paused rollout: the API's 409 message is shown.
+	b.verb("start")
+	b.waitFor("the 409 message", `(document.querySelector('#ctl-msg')||{}).className === 'msg error' && !document.querySelector('#ctl-msg').hidden`, 20*time.Second)
+	msg := b.text("#ctl-msg")
+	reply := e.httpVerb(operate, "start", slow, "")
+	if reply.Code != 409 || reply.Message == "" {
+		t.Fatalf("start on a paused rollout over HTTP: %+v, want a 409 with a message", reply)
+	}
+	if want := "Not possible now: " + reply.Message; msg != want {
+		t.Fatalf("console shows %q, want %q", msg, want)
+	}
+	if v, _ := b.eval(`window.__noReload`); v != "still here" {
+		t.Fatalf("the page was reloaded (marker %v): updates must arrive live", v)
+	}
+
+	// A read token sees the same pages and no control buttons.
+	b.signIn(e.srv.HTTPURL, read)
+	if got := b.text("#who-scope"); got != "read" {
+		t.Fatalf("scope shown: %q, want read", got)
+	}
+	b.do("open the rollout read-only", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts/"+slow))
+	b.waitFor("rollout page read-only", `(document.querySelector('#rollout-status')||{dataset:{}}).dataset.status === 'paused'`, 20*time.Second)
+	if v, _ := b.eval(`document.querySelectorAll('#controls button').length`); v != float64(0) {
+		t.Fatalf("a read token sees %v control buttons, want none", v)
+	}
+	b.do("open policies read-only", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/policies"))
+	b.waitFor("policies listed", `document.querySelectorAll('#p-body tr[data-policy]').length === 2`, 20*time.Second)
+	if v, _ := b.eval(`!!document.querySelector('#new-policy')`); v != false {
+		t.Fatal("a read token sees the New policy button")
+	}
+}
