@@ -24,9 +24,9 @@ run: build
 	$(BIN)/fleetshift serve
 
 # Every module's tests against real PostgreSQL and embedded JetStream. scripts/with-postgres starts a
-# throwaway cluster when none answers and initdb is installed.
+# throwaway cluster when none answers and initdb is installed. The console's browser test needs Chromium.
 test:
-	@scripts/with-postgres $(MAKE) --no-print-directory test-modules
+	@FLEETSHIFT_REQUIRE_BROWSER=1 scripts/with-postgres $(MAKE) --no-print-directory test-modules
 
 # Every module runs even when an earlier one fails; the last line names the failing modules.
 test-modules:
