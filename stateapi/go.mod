@@ -3,6 +3,7 @@ module github.com/fleetshift/fleetshift/stateapi
 go 1.26.0
 
 require (
+	github.com/fleetshift/fleetshift/healthwatch v0.0.0
 	github.com/fleetshift/fleetshift/planner v0.0.0
 	github.com/fleetshift/fleetshift/shared v0.0.0
 	github.com/fleetshift/fleetshift/streams v0.0.0
@@ -64,3 +65,5 @@ replace github.com/fleetshift/fleetshift/streams => ../streams
 replace github.com/fleetshift/fleetshift/migrations => ../migrations
 
 replace github.com/fleetshift/fleetshift/planner => ../planner
+
+replace github.com/fleetshift/fleetshift/healthwatch => ../healthwatch

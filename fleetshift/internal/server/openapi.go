@@ -69,6 +69,12 @@ var operations = []operation{
 	{"post", "/api/v1/rollouts/{id}/rollback-all", "Move every moved device back to its own old image", "control", "operate", "", "ControlResult", "200"},
 	{"post", "/api/v1/rollouts/{id}/approve", "Approve the next batch of a batch_approval rollout", "control", "operate", "", "ControlResult", "200"},
 	{"post", "/api/v1/rollouts/{id}/devices/{uuid}/rollback", "Move one device back to its old image", "control", "operate", "", "ControlResult", "200"},
+
+	{"post", "/api/v1/notifications", "Subscribe a URL to rollout events (paused, failed, completed, rolled_back); the signing secret is shown once", "notifications", "admin", "NotificationCreate", "Notification", "201"},
+	{"get", "/api/v1/notifications", "List notification subscriptions with delivery counts", "notifications", "admin", "", "NotificationList", "200"},
+	{"get", "/api/v1/notifications/{id}", "Show a notification subscription", "notifications", "admin", "", "Notification", "200"},
+	{"delete", "/api/v1/notifications/{id}", "Delete a notification subscription and its deliveries", "notifications", "admin", "", "", "204"},
+	{"get", "/api/v1/notifications/{id}/deliveries", "A subscription's deliveries, newest first (status, limit): attempts, last status code, last error", "notifications", "admin", "", "DeliveryList", "200"},
 }
 
 // OpenAPI returns the OpenAPI 3.1 document of the HTTP API.
@@ -186,6 +192,16 @@ func schemas() map[string]any {
 	device := obj(map[string]any{"uuid": str, "device_name": str, "fleet_id": str, "tags": strs, "is_online": boolean,
 		"last_seen_at": stamp, "created_at": stamp})
 	target := obj(map[string]any{"apps": anyObj, "config": anyObj, "version": integer})
+	notification := obj(map[string]any{"id": str, "name": str, "url": str, "format": str, "event_types": strs,
+		"created_by": str, "created_at": stamp, "secret": str, "pending": integer, "delivered": integer, "failed": integer})
+	notificationCreate := obj(map[string]any{"name": str, "url": str,
+		"format":      map[string]any{"type": "string", "enum": []string{"json", "slack"}},
+		"event_types": map[string]any{"type": "array", "items": map[string]any{"type": "string", "enum": []string{"paused", "failed", "completed", "rolled_back"}}},
+	}, "name", "url")
+	delivery := obj(map[string]any{"id": integer, "event_id": str, "event_type": str, "rollout_id": str,
+		"status":   map[string]any{"type": "string", "enum": []string{"pending", "delivered", "failed"}},
+		"attempts": integer, "last_status_code": integer, "last_error": str, "next_attempt_at": stamp,
+		"last_attempt_at": stamp, "delivered_at": stamp, "created_at": stamp})
 	return map[string]any{
 		"Error":                  obj(map[string]any{"error": obj(map[string]any{"code": str, "message": str}, "code", "message")}, "error"),
 		"Ok":                     anyObj,
@@ -198,6 +214,10 @@ func schemas() map[string]any {
 		"Device":                 device,
 		"DeviceList":             list("devices", "Device"),
 		"TargetState":            target,
+		"Notification":           notification,
+		"NotificationCreate":     notificationCreate,
+		"NotificationList":       obj(map[string]any{"notifications": map[string]any{"type": "array", "items": ref("Notification")}}),
+		"DeliveryList":           obj(map[string]any{"notification_id": str, "deliveries": map[string]any{"type": "array", "items": delivery}}),
 		"TargetStateWritten":     obj(map[string]any{"version": integer, "etag": str}),
 		"CurrentState":           obj(map[string]any{"apps": anyObj, "config": anyObj, "reported_at": stamp}),
 		"ProvisioningKeyCreate":  obj(map[string]any{"fleet_id": str, "expires_at": stamp, "max_devices": integer}, "fleet_id"),

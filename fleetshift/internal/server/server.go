@@ -44,10 +44,11 @@ const (
 	RoleDispatcher  = "dispatcher"
 	RoleHealthwatch = "healthwatch"
 	RoleStateAPI    = "stateapi"
+	RoleNotifier    = "notifier"
 )
 
 // AllRoles is what `serve` runs.
-var AllRoles = []string{RoleIngest, RolePlanner, RoleDispatcher, RoleHealthwatch, RoleStateAPI}
+var AllRoles = []string{RoleIngest, RolePlanner, RoleDispatcher, RoleHealthwatch, RoleStateAPI, RoleNotifier}
 
 // Options configure a server.
 type Options struct {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/dispatcher"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
+	"github.com/fleetshift/fleetshift/fleetshift/internal/notify"
 	"github.com/fleetshift/fleetshift/healthwatch"
 	"github.com/fleetshift/fleetshift/healthwatch/control"
 	"github.com/fleetshift/fleetshift/ingest"
@@ -76,6 +77,16 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		}
 		ctl.Register(app, d.Operators)
 		runners = append(runners, namedRunner{"control", ctl})
+		// Subscriptions are part of the operator API; the notifier role delivers them.
+		(&notify.API{Pool: d.Pool, Operators: d.Operators}).Register(app)
+	}
+	if has(RoleNotifier) {
+		svc, err := notify.New(notify.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleNotifier)})
+		if err != nil {
+			return nil, fmt.Errorf("start notifier: %w", err)
+		}
+		d.Metrics.Register(svc.Collectors()...)
+		runners = append(runners, namedRunner{RoleNotifier, svc})
 	}
 	if has(RoleIngest) {
 		svc, err := ingest.New(ingest.Config{JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleIngest),

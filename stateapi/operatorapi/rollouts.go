@@ -1,4 +1,4 @@
-package stateapi
+package operatorapi
 
 import (
 	"encoding/json"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
 var rolloutStatuses = map[string]bool{"pending": true, "scheduled": true, "in_progress": true, "paused": true,
@@ -49,7 +50,7 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	limit, err := pageLimit(c, 50, s.cfg.MaxPageSize)
+	limit, err := httpio.PageLimit(c, 50, s.cfg.MaxPageSize)
 	if err != nil {
 		return err
 	}
@@ -61,7 +62,7 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 		}
 		image = ref.Familiar
 	}
-	cur, err := decodeCursor(c, 2)
+	cur, err := httpio.DecodeCursor(c, 2)
 	if err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 	if len(list) > limit {
 		list = list[:limit]
 		last := list[limit-1]
-		n := encodeCursor(last.at.UTC().Format(time.RFC3339Nano), last.id)
+		n := httpio.EncodeCursor(last.at.UTC().Format(time.RFC3339Nano), last.id)
 		next = &n
 	}
 	docs := make([]json.RawMessage, len(list))
@@ -110,7 +111,7 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 
 // getRollout: GET /api/v1/rollouts/:id, with per-batch counts of device statuses.
 func (s *Service) getRollout(c *fiber.Ctx) error {
-	id, err := uuidParam(c, "id")
+	id, err := httpio.UUIDParam(c, "id")
 	if err != nil {
 		return err
 	}
@@ -133,7 +134,7 @@ func (s *Service) getRollout(c *fiber.Ctx) error {
 }
 
 func (s *Service) requireRollout(c *fiber.Ctx) (string, error) {
-	id, err := uuidParam(c, "id")
+	id, err := httpio.UUIDParam(c, "id")
 	if err != nil {
 		return "", err
 	}
@@ -158,11 +159,11 @@ func (s *Service) listRolloutDevices(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	limit, err := pageLimit(c, 100, s.cfg.MaxPageSize)
+	limit, err := httpio.PageLimit(c, 100, s.cfg.MaxPageSize)
 	if err != nil {
 		return err
 	}
-	cur, err := decodeCursor(c, 2)
+	cur, err := httpio.DecodeCursor(c, 2)
 	if err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ func (s *Service) listRolloutDevices(c *fiber.Ctx) error {
 	var next *string
 	if len(list) > limit {
 		list = list[:limit]
-		n := encodeCursor(strconv.Itoa(list[limit-1].batch), list[limit-1].device)
+		n := httpio.EncodeCursor(strconv.Itoa(list[limit-1].batch), list[limit-1].device)
 		next = &n
 	}
 	docs := make([]json.RawMessage, len(list))
@@ -215,11 +216,11 @@ func (s *Service) listRolloutEvents(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	limit, err := pageLimit(c, 200, s.cfg.MaxPageSize)
+	limit, err := httpio.PageLimit(c, 200, s.cfg.MaxPageSize)
 	if err != nil {
 		return err
 	}
-	cur, err := decodeCursor(c, 1)
+	cur, err := httpio.DecodeCursor(c, 1)
 	if err != nil {
 		return err
 	}
@@ -255,7 +256,7 @@ func (s *Service) listRolloutEvents(c *fiber.Ctx) error {
 	var next *string
 	if len(list) > limit {
 		list = list[:limit]
-		n := encodeCursor(strconv.FormatInt(list[limit-1].seq, 10))
+		n := httpio.EncodeCursor(strconv.FormatInt(list[limit-1].seq, 10))
 		next = &n
 	}
 	docs := make([]json.RawMessage, len(list))

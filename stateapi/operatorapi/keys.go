@@ -1,4 +1,4 @@
-package stateapi
+package operatorapi
 
 import (
 	"fmt"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
 // ProvisioningKey is a fleet provisioning key as listed (never the key itself).
@@ -41,7 +42,7 @@ func (s *Service) createProvisioningKey(c *fiber.Ctx) error {
 		MaxDevices  *int32     `json:"max_devices"`
 		Description *string    `json:"description"`
 	}
-	if err := decodeBody(c, &req, true); err != nil {
+	if err := httpio.DecodeBody(c, &req, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	req.FleetID = strings.TrimSpace(req.FleetID)
@@ -89,7 +90,7 @@ func (s *Service) listProvisioningKeys(c *fiber.Ctx) error {
 
 // revokeProvisioningKey: DELETE /api/v1/provisioning-keys/:id. Devices already registered keep working.
 func (s *Service) revokeProvisioningKey(c *fiber.Ctx) error {
-	id, err := uuidParam(c, "id")
+	id, err := httpio.UUIDParam(c, "id")
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func (s *Service) createToken(c *fiber.Ctx) error {
 		Name  string `json:"name"`
 		Scope string `json:"scope"`
 	}
-	if err := decodeBody(c, &req, true); err != nil {
+	if err := httpio.DecodeBody(c, &req, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	scope, err := auth.ParseScope(req.Scope)

@@ -1,4 +1,4 @@
-package stateapi
+package operatorapi
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/target"
+	"github.com/fleetshift/fleetshift/stateapi/internal/devicestore"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
 type createDeviceRequest struct {
@@ -25,20 +27,20 @@ type createDeviceRequest struct {
 // createDevice: POST /api/v1/devices -> 201 {"uuid", "api_key"}.
 func (s *Service) createDevice(c *fiber.Ctx) error {
 	var req createDeviceRequest
-	if err := decodeBody(c, &req, false); err != nil {
+	if err := httpio.DecodeBody(c, &req, false, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	ctx := c.UserContext()
-	var d createdDevice
+	var d devicestore.Created
 	err := pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
 		var err error
-		d, err = s.insertDevice(ctx, tx, newDevice{UUID: req.UUID, Name: req.DeviceName, FleetID: strings.TrimSpace(req.FleetID), Tags: req.Tags})
+		d, err = devicestore.Insert(ctx, tx, s.cfg.Subjects, devicestore.New{UUID: req.UUID, Name: req.DeviceName, FleetID: strings.TrimSpace(req.FleetID), Tags: req.Tags})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	s.announceWritten(d.Written)
+	devicestore.AnnounceWritten(s.cfg.Targets, d.Written)
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"uuid": d.UUID, "api_key": d.APIKey})
 }
 
@@ -67,11 +69,11 @@ func scanDevice(r pgx.Row) (Device, error) {
 
 // listDevices: GET /api/v1/devices?fleet_id=&tag=&tag=&include_revoked=&limit=&cursor=.
 func (s *Service) listDevices(c *fiber.Ctx) error {
-	limit, err := pageLimit(c, 100, s.cfg.MaxPageSize)
+	limit, err := httpio.PageLimit(c, 100, s.cfg.MaxPageSize)
 	if err != nil {
 		return err
 	}
-	cur, err := decodeCursor(c, 1)
+	cur, err := httpio.DecodeCursor(c, 1)
 	if err != nil {
 		return err
 	}
@@ -103,7 +105,7 @@ func (s *Service) listDevices(c *fiber.Ctx) error {
 	var next *string
 	if len(list) > limit {
 		list = list[:limit]
-		n := encodeCursor(list[limit-1].UUID)
+		n := httpio.EncodeCursor(list[limit-1].UUID)
 		next = &n
 	}
 	return c.JSON(fiber.Map{"devices": list, "next_cursor": next})
@@ -111,7 +113,7 @@ func (s *Service) listDevices(c *fiber.Ctx) error {
 
 // getDevice: GET /api/v1/devices/:uuid.
 func (s *Service) getDevice(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
+	id, err := httpio.DeviceUUIDParam(c)
 	if err != nil {
 		return err
 	}
@@ -129,7 +131,7 @@ func (s *Service) getDevice(c *fiber.Ctx) error {
 // revokeDevice: DELETE /api/v1/devices/:uuid. The device's key stops working everywhere (this cache at
 // once, other replicas and NATS through the revocation announcement). Its history stays.
 func (s *Service) revokeDevice(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
+	id, err := httpio.DeviceUUIDParam(c)
 	if err != nil {
 		return err
 	}
@@ -141,7 +143,9 @@ func (s *Service) revokeDevice(c *fiber.Ctx) error {
 	if tag.RowsAffected() == 0 {
 		return apierr.New(apierr.ErrNotFound, "device_not_found", "device %s not found", id)
 	}
-	s.cache.evict(id)
+	if s.cfg.Targets != nil {
+		s.cfg.Targets.Evict(id)
+	}
 	if err := s.cfg.NC.Publish(s.cfg.Subjects.DeviceRevoked(), []byte(id)); err != nil {
 		s.log.Warn().Err(err).Str("device", id).Msg("announce device revocation")
 	}
@@ -175,12 +179,12 @@ func (r targetRequest) parse() (target.Apps, json.RawMessage, error) {
 
 // putDeviceTarget: PUT /api/v1/devices/:uuid/target-state.
 func (s *Service) putDeviceTarget(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
+	id, err := httpio.DeviceUUIDParam(c)
 	if err != nil {
 		return err
 	}
 	var req targetRequest
-	if err := decodeBody(c, &req, false); err != nil {
+	if err := httpio.DecodeBody(c, &req, false, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	apps, cfg, err := req.parse()
@@ -197,20 +201,20 @@ func (s *Service) putDeviceTarget(c *fiber.Ctx) error {
 			}
 			return fmt.Errorf("read device %s: %w", id, err)
 		}
-		written, err = s.writeTargets(ctx, tx, []target.Write{{DeviceUUID: id, Apps: apps, Config: cfg}})
+		written, err = devicestore.WriteTargets(ctx, tx, s.cfg.Subjects, []target.Write{{DeviceUUID: id, Apps: apps, Config: cfg}})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	s.announceWritten(written)
+	devicestore.AnnounceWritten(s.cfg.Targets, written)
 	w := written[0]
-	return c.JSON(fiber.Map{"uuid": id, "version": w.Version, "etag": quoteETag(w.ETag)})
+	return c.JSON(fiber.Map{"uuid": id, "version": w.Version, "etag": devicestore.QuoteETag(w.ETag)})
 }
 
 // getDeviceTarget: GET /api/v1/devices/:uuid/target-state (operator view of what the device polls).
 func (s *Service) getDeviceTarget(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
+	id, err := httpio.DeviceUUIDParam(c)
 	if err != nil {
 		return err
 	}
@@ -231,13 +235,13 @@ func (s *Service) getDeviceTarget(c *fiber.Ctx) error {
 	if err != nil {
 		return fmt.Errorf("read target of %s: %w", id, err)
 	}
-	out.UUID, out.Apps, out.Config, out.ETag = id, apps, cfg, quoteETag(out.ETag)
+	out.UUID, out.Apps, out.Config, out.ETag = id, apps, cfg, devicestore.QuoteETag(out.ETag)
 	return c.JSON(out)
 }
 
 // getCurrentState: GET /api/v1/devices/:uuid/current-state.
 func (s *Service) getCurrentState(c *fiber.Ctx) error {
-	id, err := deviceUUIDParam(c)
+	id, err := httpio.DeviceUUIDParam(c)
 	if err != nil {
 		return err
 	}
@@ -281,7 +285,7 @@ func (s *Service) putFleetTarget(c *fiber.Ctx) error {
 		return err
 	}
 	var req targetRequest
-	if err := decodeBody(c, &req, false); err != nil {
+	if err := httpio.DecodeBody(c, &req, false, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	apps, cfg, err := req.parse()

@@ -1,4 +1,4 @@
-package stateapi
+package deviceapi
 
 import (
 	"crypto/subtle"

@@ -1,9 +1,10 @@
-package stateapi
+package operatorapi
 
 import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/fleetshift/fleetshift/planner"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
 // preview: POST /api/v1/rollouts/preview {"image": "repo:tag", "digest"?} -> the matching policy and each
@@ -13,7 +14,7 @@ func (s *Service) preview(c *fiber.Ctx) error {
 		Image  string `json:"image"`
 		Digest string `json:"digest"`
 	}
-	if err := decodeBody(c, &req, true); err != nil {
+	if err := httpio.DecodeBody(c, &req, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	out, err := planner.Preview(c.UserContext(), s.cfg.Pool, req.Image, req.Digest)

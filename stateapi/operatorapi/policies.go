@@ -1,4 +1,4 @@
-package stateapi
+package operatorapi
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 
 	"github.com/fleetshift/fleetshift/planner/match"
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/stateapi/internal/devicestore"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
 // policyInput is a policy as written by operators. Absent fields take their defaults (PUT replaces the
@@ -206,7 +208,7 @@ func (in policyInput) validate() (policyRow, error) {
 	}
 	p.fleetID = trimmedOrNil(in.FleetID)
 	if len(bytes.TrimSpace(in.DeviceTags)) > 0 && string(bytes.TrimSpace(in.DeviceTags)) != "null" {
-		tags, err := parseTags(in.DeviceTags)
+		tags, err := devicestore.ParseTags("device_tags", in.DeviceTags)
 		if err != nil {
 			return p, apierr.Invalid("device_tags", "want an array of strings or an object of key -> value")
 		}
@@ -214,7 +216,7 @@ func (in policyInput) validate() (policyRow, error) {
 	}
 	if in.DeviceUUIDs != nil {
 		for _, u := range in.DeviceUUIDs {
-			if !validDeviceUUID(u) {
+			if !devicestore.ValidUUID(u) {
 				return p, apierr.Invalid("device_uuids", "not a device uuid: %q", u)
 			}
 		}
@@ -307,7 +309,7 @@ func (s *Service) sendPolicy(c *fiber.Ctx, row pgx.Row, id int64, status int) er
 
 func (s *Service) createPolicy(c *fiber.Ctx) error {
 	var in policyInput
-	if err := decodeBody(c, &in, true); err != nil {
+	if err := httpio.DecodeBody(c, &in, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	p, err := in.validate()
@@ -326,7 +328,7 @@ func (s *Service) replacePolicy(c *fiber.Ctx) error {
 		return err
 	}
 	var in policyInput
-	if err := decodeBody(c, &in, true); err != nil {
+	if err := httpio.DecodeBody(c, &in, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	p, err := in.validate()

@@ -1,9 +1,6 @@
-package stateapi
+package deviceapi
 
 import "strings"
-
-// quoteETag renders a stored (unquoted) etag as a strong entity tag.
-func quoteETag(etag string) string { return `"` + etag + `"` }
 
 // noneMatch reports whether an If-None-Match header value matches the current entity tag (unquoted) per
 // RFC 9110 §13.1.2: "*" matches any current representation; otherwise a comma-separated list of entity

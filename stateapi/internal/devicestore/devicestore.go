@@ -1,0 +1,239 @@
+// Package devicestore writes devices and their target states for both HTTP surfaces: registration
+// (device API) and device creation and target writes (operator API) share one path, so a new device
+// always starts on its fleet's default target and every target write notifies its device.
+package devicestore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/shared/target"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// Limits on what one device may carry (docs/reliability.md, "Limits").
+const (
+	// MaxTags is the most tags a device (or a policy's device_tags) may have.
+	MaxTags = 64
+	// MaxTagLen is the longest tag in bytes.
+	MaxTagLen = 200
+	// MaxNameLen is the longest device name in bytes.
+	MaxNameLen = 200
+	// MaxFleetLen is the longest fleet id in bytes.
+	MaxFleetLen = 128
+)
+
+// Announcer learns of target writes and revocations at once (the device API's poll cache); other
+// replicas learn from the target messages.
+type Announcer interface {
+	Announce(uuid string, version int64)
+	Evict(uuid string)
+}
+
+// ValidUUID reports whether s is a device uuid: 1-64 of [A-Za-z0-9_-] (subject-safe).
+func ValidUUID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '-' || b == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// QuoteETag renders a stored (unquoted) etag as a strong entity tag.
+func QuoteETag(etag string) string { return `"` + etag + `"` }
+
+// ParseTags accepts a JSON array of strings, or an object k -> v stored as "k=v"; field names the input
+// in errors. At most MaxTags tags of 1-MaxTagLen bytes, valid UTF-8 without NUL.
+func ParseTags(field string, raw json.RawMessage) ([]string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return []string{}, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err != nil {
+		var obj map[string]any
+		if err := json.Unmarshal(raw, &obj); err != nil {
+			return nil, apierr.Invalid(field, "want an array of strings or an object of key -> value")
+		}
+		for k, v := range obj {
+			var s string
+			switch x := v.(type) {
+			case string:
+				s = x
+			case float64, bool:
+				b, _ := json.Marshal(x)
+				s = string(b)
+			case nil:
+				s = ""
+			default:
+				return nil, apierr.Invalid(field, "value of %q must be a string, number or boolean", k)
+			}
+			list = append(list, k+"="+s)
+		}
+	}
+	if len(list) > MaxTags {
+		return nil, apierr.Invalid(field, "at most %d tags, got %d", MaxTags, len(list))
+	}
+	seen := map[string]bool{}
+	out := make([]string, 0, len(list))
+	for _, t := range list {
+		t = strings.TrimSpace(t)
+		if t == "" || len(t) > MaxTagLen {
+			return nil, apierr.Invalid(field, "each tag must be 1-%d characters", MaxTagLen)
+		}
+		if err := apierr.CheckText(field, t); err != nil {
+			return nil, err
+		}
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// New is a device to create.
+type New struct {
+	UUID, Name, FleetID string
+	Tags                json.RawMessage
+	ProvisioningKeyID   string
+}
+
+// Created is a created device: its key (shown once) and the first target written for it.
+type Created struct {
+	UUID, APIKey string
+	Written      []target.Written
+}
+
+// Insert validates and stores a device with a new key, starting on its fleet's default target.
+func Insert(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d New) (Created, error) {
+	d.Name = strings.TrimSpace(d.Name)
+	if d.Name == "" || len(d.Name) > MaxNameLen {
+		return Created{}, apierr.Invalid("device_name", "required, at most %d characters", MaxNameLen)
+	}
+	if err := apierr.CheckText("device_name", d.Name); err != nil {
+		return Created{}, err
+	}
+	if d.UUID == "" {
+		d.UUID = uuid.NewString()
+	} else if !ValidUUID(d.UUID) {
+		return Created{}, apierr.Invalid("uuid", "1-64 of A-Z a-z 0-9 _ - (it is used in NATS subjects)")
+	}
+	if len(d.FleetID) > MaxFleetLen {
+		return Created{}, apierr.Invalid("fleet_id", "at most %d characters", MaxFleetLen)
+	}
+	if err := apierr.CheckText("fleet_id", d.FleetID); err != nil {
+		return Created{}, err
+	}
+	tags, err := ParseTags("tags", d.Tags)
+	if err != nil {
+		return Created{}, err
+	}
+	key, hash, err := auth.NewKey()
+	if err != nil {
+		return Created{}, err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO devices (uuid, device_name, fleet_id, tags, api_key_hash, provisioning_key_id)
+		VALUES ($1, $2, NULLIF($3, ''), $4, $5, NULLIF($6, '')::uuid)`, d.UUID, d.Name, d.FleetID, tags, hash, d.ProvisioningKeyID)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return Created{}, apierr.New(apierr.ErrConflict, "device_exists", "device %s already exists", d.UUID)
+	}
+	if err != nil {
+		return Created{}, fmt.Errorf("insert device %s: %w", d.UUID, err)
+	}
+	w := target.Write{DeviceUUID: d.UUID, Apps: target.Apps{}, Config: json.RawMessage("{}")}
+	if d.FleetID != "" {
+		var apps, cfg []byte
+		err := tx.QueryRow(ctx, `SELECT apps, config FROM fleet_target_state WHERE fleet_id = $1`, d.FleetID).Scan(&apps, &cfg)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return Created{}, fmt.Errorf("read default target of fleet %s: %w", d.FleetID, err)
+		default:
+			if w.Apps, err = target.ParseApps(apps); err != nil {
+				return Created{}, fmt.Errorf("default target of fleet %s: %w", d.FleetID, err)
+			}
+			w.Config = cfg
+		}
+	}
+	written, err := WriteTargets(ctx, tx, subj, []target.Write{w})
+	if err != nil {
+		return Created{}, fmt.Errorf("write first target of %s: %w", d.UUID, err)
+	}
+	return Created{UUID: d.UUID, APIKey: key, Written: written}, nil
+}
+
+// WriteTargets writes target states with target.Apply and, in the same transaction, one TargetV1 outbox
+// message per device on its target subject (Nats-Msg-Id "<uuid>-<version>"), so the device is notified
+// even when the process dies right after the commit.
+func WriteTargets(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []target.Write) ([]target.Written, error) {
+	written, err := target.Apply(ctx, tx, writes)
+	if err != nil {
+		return nil, err
+	}
+	uuids := make([]string, len(written))
+	for i, w := range written {
+		uuids[i] = w.DeviceUUID
+	}
+	rows, err := tx.Query(ctx, `SELECT device_uuid, apps, config, version FROM device_target_state
+		WHERE device_uuid = ANY($1)`, uuids)
+	if err != nil {
+		return nil, fmt.Errorf("read written targets: %w", err)
+	}
+	var msgs []outbox.Message
+	for rows.Next() {
+		var uuid string
+		var dt streams.DeviceTarget
+		var apps, cfg []byte
+		if err := rows.Scan(&uuid, &apps, &cfg, &dt.Version); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read written targets: %w", err)
+		}
+		dt.Apps, dt.Config = json.RawMessage(apps), json.RawMessage(cfg)
+		m, err := outbox.JSON(uuid+"-"+strconv.FormatInt(dt.Version, 10), subj.DeviceTarget(uuid),
+			streams.TargetV1{uuid: dt})
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		msgs = append(msgs, m)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read written targets: %w", err)
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return nil, err
+	}
+	return written, nil
+}
+
+// AnnounceWritten tells a (this replica's) announcer of written targets; nil is allowed.
+func AnnounceWritten(a Announcer, written []target.Written) {
+	if a == nil {
+		return
+	}
+	for _, w := range written {
+		a.Announce(w.DeviceUUID, w.Version)
+	}
+}
