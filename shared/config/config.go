@@ -13,6 +13,10 @@ import (
 type Config struct {
 	// DatabaseURL is the PostgreSQL connection string (DATABASE_URL).
 	DatabaseURL string
+	// DefaultDatabaseURL is where serve looks for PostgreSQL when DATABASE_URL is unset
+	// (FLEETSHIFT_DEFAULT_DATABASE_URL, default the local server's fleetshift database); when nothing
+	// answers there, serve runs a cluster of its own under DataDir.
+	DefaultDatabaseURL string
 	// NATSURL is an external NATS server or cluster (NATS_URL); empty means serve embeds one.
 	NATSURL string
 	// NATSCredentials authenticates services against an external NATS (NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN).
@@ -57,23 +61,24 @@ func FromEnv() (Config, error) {
 func FromLookup(lookup func(string) (string, bool)) (Config, error) {
 	get := func(k string) string { v, _ := lookup(k); return v }
 	c := Config{
-		DatabaseURL:    get("DATABASE_URL"),
-		NATSURL:        get("NATS_URL"),
-		NATSUser:       get("NATS_USER"),
-		NATSPassword:   get("NATS_PASSWORD"),
-		NATSToken:      get("NATS_TOKEN"),
-		NATSCreds:      get("NATS_CREDS"),
-		NATSIssuerSeed: get("FLEETSHIFT_NATS_ISSUER_SEED"),
-		HTTPAddr:       cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
-		NATSAddr:       cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
-		PublicNATSURL:  get("FLEETSHIFT_PUBLIC_NATS_URL"),
-		DataDir:        cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
-		AdminToken:     get("FLEETSHIFT_ADMIN_TOKEN"),
-		WebhookToken:   get("FLEETSHIFT_WEBHOOK_TOKEN"),
-		WebhookSecret:  get("DOCKER_WEBHOOK_SECRET"),
-		SubjectPrefix:  cmp.Or(get("FLEETSHIFT_SUBJECT_PREFIX"), "fleet"),
-		LogLevel:       cmp.Or(get("FLEETSHIFT_LOG_LEVEL"), "info"),
-		LogFormat:      get("FLEETSHIFT_LOG_FORMAT"),
+		DatabaseURL:        get("DATABASE_URL"),
+		DefaultDatabaseURL: get("FLEETSHIFT_DEFAULT_DATABASE_URL"),
+		NATSURL:            get("NATS_URL"),
+		NATSUser:           get("NATS_USER"),
+		NATSPassword:       get("NATS_PASSWORD"),
+		NATSToken:          get("NATS_TOKEN"),
+		NATSCreds:          get("NATS_CREDS"),
+		NATSIssuerSeed:     get("FLEETSHIFT_NATS_ISSUER_SEED"),
+		HTTPAddr:           cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
+		NATSAddr:           cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
+		PublicNATSURL:      get("FLEETSHIFT_PUBLIC_NATS_URL"),
+		DataDir:            cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
+		AdminToken:         get("FLEETSHIFT_ADMIN_TOKEN"),
+		WebhookToken:       get("FLEETSHIFT_WEBHOOK_TOKEN"),
+		WebhookSecret:      get("DOCKER_WEBHOOK_SECRET"),
+		SubjectPrefix:      cmp.Or(get("FLEETSHIFT_SUBJECT_PREFIX"), "fleet"),
+		LogLevel:           cmp.Or(get("FLEETSHIFT_LOG_LEVEL"), "info"),
+		LogFormat:          get("FLEETSHIFT_LOG_FORMAT"),
 	}
 	var err error
 	if c.StreamReplicas, err = intEnv(get, "FLEETSHIFT_STREAM_REPLICAS", 1); err != nil {

@@ -8,8 +8,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
-	"github.com/fleetshift/fleetshift/migrations"
-	"github.com/fleetshift/fleetshift/shared/config"
+		"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/pg"
 )
@@ -46,7 +45,7 @@ func serveCmd(name, short string, roles []string, all bool) *cobra.Command {
 				Config: cfg, Log: log, Out: os.Stdout, Roles: roles, EmbedNATS: all, DefaultDatabase: all,
 			})
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", name, err)
 			}
 			select {
 			case <-cmd.Context().Done():
@@ -69,15 +68,9 @@ func migrateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			url := cfg.DatabaseURL
-			if url == "" {
-				url = pg.DefaultLocalURL
-			}
-			if err := pg.EnsureDatabase(cmd.Context(), url); err != nil {
-				return err
-			}
-			if err := migrations.ApplyURL(cmd.Context(), url); err != nil {
-				return err
+			url, err := server.Migrate(cmd.Context(), cfg)
+			if err != nil {
+				return fmt.Errorf("migrate: %w", err)
 			}
 			fmt.Println("migrations applied to", pg.Redact(url))
 			return nil

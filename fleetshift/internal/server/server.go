@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/localpg"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
 	"github.com/fleetshift/fleetshift/migrations"
@@ -93,6 +94,8 @@ type Server struct {
 	Subjects streams.Subjects
 	Embedded *broker.Embedded
 	Metrics  *metrics.Registry
+	// LocalPG is the PostgreSQL cluster serve started under the data dir (nil when it uses another).
+	LocalPG *localpg.Cluster
 
 	log      zerolog.Logger
 	app      *fiber.App
@@ -108,8 +111,9 @@ type Server struct {
 	natsIssuerSeed string
 }
 
-// Start brings the server up and returns once it serves HTTP. Stop it with Shutdown.
-func Start(ctx context.Context, o Options) (s *Server, err error) {
+// Start brings the server up and returns once it serves HTTP. Stop it with Shutdown. A start-up error is
+// one line saying what failed and what to do; whatever was started before it is stopped again.
+func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	cfg := o.Config
 	log := o.Log
 	out := cmp.Or[io.Writer](o.Out, io.Discard)
@@ -117,50 +121,58 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	if len(roles) == 0 {
 		roles = AllRoles
 	}
-	s = &Server{log: log, timeout: cmp.Or(cfg.ShutdownTimeout, 15*time.Second), done: make(chan struct{})}
+	s := &Server{log: log, timeout: cmp.Or(cfg.ShutdownTimeout, 15*time.Second), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
-			s.closeResources()
+			s.Shutdown()
 		}
 	}()
 
-	// Secrets: explicit env wins; otherwise generated once and kept in the data dir.
-	admin, err := secrets.Ensure(cfg.DataDir, "admin-token", cfg.AdminToken)
+	// Settings first, so a bad environment fails before anything starts.
+	if cfg.DatabaseURL == "" && !o.DefaultDatabase {
+		return nil, errors.New("DATABASE_URL is not set: single services need the PostgreSQL that `fleetshift serve` or `fleetshift migrate` uses")
+	}
+	if cfg.DatabaseURL != "" {
+		if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.NATSURL == "" && !o.EmbedNATS {
+		return nil, errors.New("NATS_URL is not set: single services need an external NATS (only `fleetshift serve` embeds one)")
+	}
+	toks, err := bootstrapTokens(cfg, roles, !o.EmbedNATS)
 	if err != nil {
 		return nil, err
 	}
-	webhook, err := secrets.Ensure(cfg.DataDir, "webhook-token", cfg.WebhookToken)
-	if err != nil {
-		return nil, err
+	s.AdminToken, s.WebhookToken = toks.admin.Secret, toks.webhook.Secret
+
+	// The HTTP port next: a busy port is the commonest start-up failure, and cheap to find out.
+	if s.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, listenError(cfg.HTTPAddr, err)
 	}
-	s.AdminToken, s.WebhookToken = admin.Secret, webhook.Secret
 
 	// Database.
 	dbURL := cfg.DatabaseURL
 	if dbURL == "" {
-		if !o.DefaultDatabase {
-			return nil, errors.New("DATABASE_URL is not set")
+		if dbURL, err = s.defaultDatabase(ctx, cfg); err != nil {
+			return nil, err
 		}
-		dbURL = pg.DefaultLocalURL
 	}
 	if err := pg.EnsureDatabase(ctx, dbURL); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, noDatabaseHint(dbURL, cfg.DatabaseURL == ""))
+		return nil, databaseError(dbURL, cfg.DatabaseURL == "", err)
 	}
 	if err := migrations.ApplyURL(ctx, dbURL); err != nil {
 		return nil, fmt.Errorf("migrate %s: %w", pg.Redact(dbURL), err)
 	}
 	s.DatabaseURL = dbURL
 	if s.Pool, err = pg.Connect(ctx, dbURL); err != nil {
-		return nil, err
+		return nil, databaseError(dbURL, cfg.DatabaseURL == "", err)
 	}
 
 	// NATS.
 	creds := broker.Credentials{User: cfg.NATSUser, Password: cfg.NATSPassword, Token: cfg.NATSToken, CredsFile: cfg.NATSCreds}
 	s.NATSURL = cfg.NATSURL
 	if s.NATSURL == "" {
-		if !o.EmbedNATS {
-			return nil, errors.New("NATS_URL is not set (only `serve` embeds a NATS server)")
-		}
 		svcPass, err := secrets.Ensure(cfg.DataDir, "nats-service-password", "")
 		if err != nil {
 			return nil, err
@@ -196,7 +208,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 		s.natsIssuerSeed = cfg.NATSIssuerSeed // an external server configured for our auth callout
 	}
 	if s.NC, err = broker.Connect(s.NATSURL, "fleetshift", creds); err != nil {
-		return nil, err
+		return nil, natsError(s.NATSURL, err)
 	}
 	if s.JS, err = jetstream.New(s.NC); err != nil {
 		return nil, fmt.Errorf("open jetstream: %w", err)
@@ -272,16 +284,10 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 		select {
 		case <-calloutReady:
 		case <-time.After(15 * time.Second):
-			cancel()
 			return nil, errors.New("nats auth callout did not start within 15s")
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("listen on %s (FLEETSHIFT_HTTP_ADDR): %w", cfg.HTTPAddr, err)
-	}
-	s.listener = ln
+	ln := s.listener
 	s.HTTPURL = "http://" + httpHost(ln.Addr())
 	s.wg.Add(1)
 	go func() {
@@ -293,7 +299,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 	}()
 	go func() { <-runCtx.Done(); close(s.done) }()
 
-	printBanner(out, s, admin.Generated, webhook.Generated, slices.Equal(roles, AllRoles))
+	printBanner(out, s, toks, slices.Equal(roles, AllRoles))
 	return s, nil
 }
 
@@ -350,6 +356,14 @@ func (s *Server) closeResources() {
 	if s.Pool != nil {
 		s.Pool.Close()
 	}
+	if s.listener != nil {
+		_ = s.listener.Close() // never served when start-up failed; harmless after the app closed it
+	}
+	if s.LocalPG != nil {
+		if err := s.LocalPG.Stop(); err != nil {
+			s.log.Warn().Err(err).Msg("stop local PostgreSQL")
+		}
+	}
 }
 
 func isFiberClientError(err error) bool {
@@ -368,15 +382,6 @@ func httpHost(a net.Addr) string {
 	return tcp.String()
 }
 
-func noDatabaseHint(url string, defaulted bool) string {
-	if defaulted {
-		return "fleetshift needs PostgreSQL 13+. Nothing usable answered at " + pg.Redact(url) + ".\n" +
-			"  - start one (Debian: apt-get install postgresql && pg_ctlcluster 15 main start), or\n" +
-			"  - set DATABASE_URL=postgres://user:pass@host:5432/fleetshift"
-	}
-	return "check DATABASE_URL (" + pg.Redact(url) + ")"
-}
-
 type namedRunner struct {
 	name string
 	r    interface{ Run(context.Context) error }
@@ -384,15 +389,18 @@ type namedRunner struct {
 
 func (n namedRunner) Run(ctx context.Context) error { return n.r.Run(ctx) }
 
-func printBanner(w io.Writer, s *Server, adminNew, webhookNew, all bool) {
+func printBanner(w io.Writer, s *Server, toks tokens, all bool) {
 	fmt.Fprintf(w, "\nfleetshift is up\n")
 	fmt.Fprintf(w, "  HTTP API        %s\n", s.HTTPURL)
 	fmt.Fprintf(w, "  NATS            %s\n", s.NATSURL)
 	fmt.Fprintf(w, "  database        %s\n", pg.Redact(s.DatabaseURL))
-	if adminNew {
+	if s.LocalPG != nil {
+		fmt.Fprintf(w, "  PostgreSQL      own cluster in %s (log %s), stopped with fleetshift\n", s.LocalPG.Dir, s.LocalPG.LogFile)
+	}
+	if toks.admin.Generated {
 		fmt.Fprintf(w, "  admin token     %s   (generated; saved in the data dir, shown only now)\n", s.AdminToken)
 	}
-	if webhookNew {
+	if toks.webhook.Generated {
 		fmt.Fprintf(w, "  webhook token   %s   (generated; saved in the data dir, shown only now)\n", s.WebhookToken)
 	}
 	if !all {
