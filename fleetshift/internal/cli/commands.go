@@ -32,7 +32,7 @@ func Commands() []*cobra.Command { return CommandsTo(os.Stdout) }
 // CommandsTo is Commands writing to out.
 func CommandsTo(out io.Writer) []*cobra.Command {
 	g := &globals{out: out}
-	cmds := []*cobra.Command{rolloutsCmd(g), policiesCmd(g), devicesCmd(g), provisioningKeysCmd(g), tokensCmd(g), eventsCmd(g)}
+	cmds := []*cobra.Command{rolloutsCmd(g), policiesCmd(g), devicesCmd(g), provisioningKeysCmd(g), tokensCmd(g), eventsCmd(g), notificationsCmd(g)}
 	for _, c := range cmds {
 		c.PersistentFlags().StringVar(&g.server, "server", "", "fleetshift HTTP URL (default $FLEETSHIFT_URL or http://127.0.0.1:3001)")
 		c.PersistentFlags().StringVar(&g.token, "token", "", "API token (default $FLEETSHIFT_TOKEN)")
