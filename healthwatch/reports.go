@@ -27,11 +27,14 @@ type report struct {
 // a maintenance-window rollout that dispatched a batch keeps tracking it.)
 var activeRollout = []string{rolloutScheduled, rolloutInProgress, rolloutPaused, rolloutAwaitingApproval}
 
-// applyReports applies reports in one transaction, set-based: it locks the active rollouts the
-// reporting devices are in flight in (in id order, so concurrent replicas never deadlock on them),
-// reads those device rows in one query, folds each device's reports in order, writes every transition
-// in one conditional UPDATE (WHERE status = what was read), records the events, and settles the touched
-// rollouts. It returns after commit.
+// applyReports applies reports in one transaction, set-based. It stores each device's latest report
+// when it differs from the stored one, then reads, without locking, the in-flight rows of the reporting
+// devices in active rollouts and folds each device's reports in order. Only when some row would move
+// does it lock those rollouts (in id order, so concurrent replicas never deadlock on them), read their
+// rows again under the lock, fold again, write every transition in one conditional UPDATE (WHERE status
+// = what was read), record the events, and settle the touched rollouts; the counters move by the
+// transitions' deltas (trigger). A batch of reports that changes nothing locks and writes no rollout or
+// device row. It returns after commit.
 func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	if len(reps) == 0 {
 		return nil
@@ -54,11 +57,24 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	if err := storeCurrentState(ctx, tx, reps); err != nil {
 		return err
 	}
+	policies := map[string]policy{}
+	refs := refCache{}
+	// Phase 1, no lock: which rollouts would these reports move?
+	current, err := readInFlight(ctx, tx, uuids, nil)
+	if err != nil {
+		return err
+	}
+	var moving []string
+	for _, c := range s.transitions(current, byDevice, policies, refs) {
+		moving = append(moving, c.rollout)
+	}
+	if len(moving) == 0 {
+		return tx.Commit(ctx)
+	}
+	slices.Sort(moving)
 	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
-		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
-		                       WHERE d.device_uuid = ANY($1) AND d.status = ANY($2))
-		  AND r.status = ANY($3)
-		ORDER BY r.rollout_id FOR UPDATE OF r`, uuids, inFlight, activeRollout)
+		WHERE r.rollout_id = ANY($1::uuid[]) AND r.status = ANY($2)
+		ORDER BY r.rollout_id FOR UPDATE OF r`, slices.Compact(moving), activeRollout)
 	if err != nil {
 		return fmt.Errorf("apply reports: lock rollouts: %w", err)
 	}
@@ -69,68 +85,19 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	if len(locked) == 0 {
 		return tx.Commit(ctx)
 	}
-	rows, err := tx.Query(ctx, `SELECT d.rollout_id::text, d.device_uuid, d.status, d.batch_number,
-		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy, d.scheduled_at
-		FROM device_rollout_status d JOIN image_rollouts r ON r.rollout_id = d.rollout_id
-		WHERE d.rollout_id = ANY($1::uuid[]) AND d.device_uuid = ANY($2) AND d.status = ANY($3)
-		  AND r.status = ANY($4)`, locked, uuids, inFlight, activeRollout)
-	if err != nil {
-		return fmt.Errorf("apply reports: read device rows: %w", err)
+	// Phase 2, under the locks: the rows as they are now.
+	if current, err = readInFlight(ctx, tx, uuids, locked); err != nil {
+		return err
 	}
-	type row struct {
-		rollout, device, status string
-		batch                   int
-		newImage, repository    string
-		policy                  []byte
-		scheduledAt             *time.Time
-	}
-	current, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy, &x.scheduledAt)
-	})
-	if err != nil {
-		return fmt.Errorf("apply reports: read device rows: %w", err)
-	}
-
-	type change struct {
-		row
-		to verdict
-	}
-	policies := map[string]policy{}
-	refs := refCache{}
 	changes := map[[2]string]change{}
 	var rolloutIDs, devices, expected, next, reasons []string
-	for _, c := range current {
-		newRef, err := refs.parse(c.newImage)
-		if err != nil {
-			s.log.Warn().Err(err).Str("rollout", c.rollout).Msg("device row has an unreadable new image; ignoring its reports")
-			continue
-		}
-		pol, ok := policies[c.rollout]
-		if !ok {
-			pol = parsePolicy(c.policy)
-			policies[c.rollout] = pol
-		}
-		img := rowImage{repository: c.repository, newRef: newRef, refs: refs}
-		verdicts := make([]verdict, 0, len(byDevice[c.device]))
-		for _, rep := range byDevice[c.device] {
-			// A report sent before the device was scheduled says nothing about this rollout (it may
-			// have waited in the stream while the batch was dispatched).
-			if c.scheduledAt != nil && !rep.at.IsZero() && rep.at.Before(*c.scheduledAt) {
-				continue
-			}
-			verdicts = append(verdicts, derive(rep.body, img, pol.HealthCheckEnabled))
-		}
-		to := fold(c.status, verdicts)
-		if to.status == c.status {
-			continue
-		}
-		changes[[2]string{c.rollout, c.device}] = change{row: c, to: to}
+	for _, c := range s.transitions(current, byDevice, policies, refs) {
+		changes[[2]string{c.rollout, c.device}] = c
 		rolloutIDs = append(rolloutIDs, c.rollout)
 		devices = append(devices, c.device)
 		expected = append(expected, c.status)
-		next = append(next, to.status)
-		reasons = append(reasons, to.reason)
+		next = append(next, c.to.status)
+		reasons = append(reasons, c.to.reason)
 	}
 	if len(devices) == 0 {
 		return tx.Commit(ctx)
@@ -182,6 +149,75 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	return nil
 }
 
+// inFlightRow is a device row a report can move, with what its rollout expects.
+type inFlightRow struct {
+	rollout, device, status string
+	batch                   int
+	newImage, repository    string
+	policy                  []byte
+	scheduledAt             *time.Time
+}
+
+// change is a device row and where its reports move it.
+type change struct {
+	inFlightRow
+	to verdict
+}
+
+// readInFlight reads the in-flight rows of devices uuids in active rollouts (only in rollouts, when
+// rollouts is not nil).
+func readInFlight(ctx context.Context, tx pgx.Tx, uuids, rollouts []string) ([]inFlightRow, error) {
+	rows, err := tx.Query(ctx, `SELECT d.rollout_id::text, d.device_uuid, d.status, d.batch_number,
+		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy, d.scheduled_at
+		FROM device_rollout_status d JOIN image_rollouts r ON r.rollout_id = d.rollout_id
+		WHERE d.device_uuid = ANY($1) AND d.status = ANY($2) AND r.status = ANY($3)
+		  AND ($4::uuid[] IS NULL OR d.rollout_id = ANY($4::uuid[]))`, uuids, inFlight, activeRollout, rollouts)
+	if err != nil {
+		return nil, fmt.Errorf("apply reports: read device rows: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (inFlightRow, error) {
+		var x inFlightRow
+		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy, &x.scheduledAt)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply reports: read device rows: %w", err)
+	}
+	return out, nil
+}
+
+// transitions folds each row's reports (byDevice, in stream order) and returns the rows that move.
+func (s *Service) transitions(rows []inFlightRow, byDevice map[string][]report, policies map[string]policy, refs refCache) []change {
+	var out []change
+	for _, c := range rows {
+		newRef, err := refs.parse(c.newImage)
+		if err != nil {
+			s.log.Warn().Err(err).Str("rollout", c.rollout).Msg("device row has an unreadable new image; ignoring its reports")
+			continue
+		}
+		pol, ok := policies[c.rollout]
+		if !ok {
+			pol = parsePolicy(c.policy)
+			policies[c.rollout] = pol
+		}
+		img := rowImage{repository: c.repository, newRef: newRef, refs: refs}
+		verdicts := make([]verdict, 0, len(byDevice[c.device]))
+		for _, rep := range byDevice[c.device] {
+			// A report sent before the device was scheduled says nothing about this rollout (it may
+			// have waited in the stream while the batch was dispatched).
+			if c.scheduledAt != nil && !rep.at.IsZero() && rep.at.Before(*c.scheduledAt) {
+				continue
+			}
+			verdicts = append(verdicts, derive(rep.body, img, pol.HealthCheckEnabled))
+		}
+		to := fold(c.status, verdicts)
+		if to.status == c.status {
+			continue
+		}
+		out = append(out, change{inFlightRow: c, to: to})
+	}
+	return out
+}
+
 // transitionEvents are the events of one device moving from status from to verdict to:
 // image.device_updated when it first runs the new image (health_checking, or completed directly),
 // image.health_check_passed when it completes with health checks on, image.health_check_failed when its
@@ -215,9 +251,9 @@ func transitionEvents(rolloutID, device string, batch int, newImage, from string
 }
 
 // storeCurrentState records each reporting device's latest report in device_current_state (and marks
-// the device seen), set-based. Devices publishing on NATS reach fleetshift only here; reports that came
-// through stateapi's HTTP PATCH were stored there already and are stored again unchanged. A report never
-// replaces a newer one, so redeliveries and replicas cannot move a device's state back in time.
+// the device seen, at most every 30 s), set-based. A report never replaces a newer one, so redeliveries
+// and replicas cannot move a device's state back in time, and a report equal to the stored one writes
+// nothing.
 func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
 	latest := make(map[string]report, len(reps))
 	for _, r := range reps {
@@ -258,7 +294,9 @@ func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
 				config = CASE WHEN jsonb_typeof(EXCLUDED.report->'config') = 'object' THEN EXCLUDED.config ELSE s.config END,
 				report = EXCLUDED.report,
 				reported_at = EXCLUDED.reported_at
-			WHERE s.reported_at <= EXCLUDED.reported_at
+			-- newest wins, and an unchanged report (same images, statuses, health) writes nothing:
+			-- reported_at is when the device's reported state last changed; last_seen_at says it is alive.
+			WHERE s.reported_at <= EXCLUDED.reported_at AND s.report IS DISTINCT FROM EXCLUDED.report
 		)
 		UPDATE devices d SET is_online = true, last_seen_at = GREATEST(d.last_seen_at, r.at)
 		FROM r WHERE d.uuid = r.device_uuid

@@ -177,9 +177,6 @@ func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects,
 		next_batch_at = NULL, updated_at = now() WHERE rollout_id = $1`, ro.id); err != nil {
 		return fmt.Errorf("roll back rollout %s: %w", rolloutID, err)
 	}
-	if _, err := recount(ctx, tx, []string{ro.id}); err != nil {
-		return fmt.Errorf("roll back rollout %s: %w", rolloutID, err)
-	}
 	w.event(events.Event{Type: EventRolloutRolledBack, RolloutID: ro.id,
 		Message: fmt.Sprintf("rollout rolled back: %d devices restored, %d never dispatched", n, skipped.RowsAffected()),
 		Data:    map[string]any{"rolled_back_devices": n, "skipped_devices": skipped.RowsAffected(), "previous_status": ro.status}})

@@ -18,11 +18,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -48,6 +50,11 @@ type Config struct {
 	DispatchRetryAfter time.Duration
 	// Now is the clock maintenance windows are judged by (default time.Now); tests inject one.
 	Now func() time.Time
+	// Workers is how many transactions one fetched batch of reports is applied in at once, split by
+	// rollout (default 2): reports of different rollouts do not wait for each other.
+	Workers int
+	// DeadLetterCount is called for every report dead-lettered (fleetshift_deadletter_total); optional.
+	DeadLetterCount func(consumer, reason string)
 }
 
 // Service is the healthwatch service. Run it; it serves no HTTP.
@@ -62,6 +69,10 @@ type Service struct {
 	ackWait    time.Duration
 	retryAfter time.Duration
 	now        func() time.Time
+	workers    int
+	settler    *consume.Settler
+	// reports is the REPORTS stream, for a device's last report (set by Run).
+	reports jetstream.Stream
 }
 
 // New validates cfg and fills its defaults.
@@ -87,14 +98,21 @@ func New(cfg Config) (*Service, error) {
 		ackWait:    cmp.Or(cfg.AckWait, 30*time.Second),
 		retryAfter: cmp.Or(cfg.DispatchRetryAfter, time.Minute),
 		now:        cfg.Now,
+		workers:    cmp.Or(cfg.Workers, 2),
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait || s.retryAfter <= 0 {
-		return nil, fmt.Errorf("healthwatch: bad config (FetchBatch %d, FetchWait %s, TickInterval %s, AckWait %s)",
-			s.fetchBatch, s.fetchWait, s.tick, s.ackWait)
+	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait || s.retryAfter <= 0 || s.workers < 1 {
+		return nil, fmt.Errorf("healthwatch: bad config (FetchBatch %d, FetchWait %s, TickInterval %s, AckWait %s, Workers %d)",
+			s.fetchBatch, s.fetchWait, s.tick, s.ackWait, s.workers)
 	}
+	settler, err := consume.New(consume.Config{JS: cfg.JS, Subjects: subj, Consumer: streams.ConsumerHealthwatch,
+		Log: s.log, Count: cfg.DeadLetterCount, Ping: cfg.Pool.Ping})
+	if err != nil {
+		return nil, fmt.Errorf("healthwatch: %w", err)
+	}
+	s.settler = settler
 	return s, nil
 }
 
@@ -105,6 +123,9 @@ func (s *Service) Run(ctx context.Context) error {
 		streams.ConsumerConfig(streams.ConsumerHealthwatch, s.subj.DeviceStateAll(), s.ackWait))
 	if err != nil {
 		return fmt.Errorf("healthwatch: create consumer %s: %w", streams.ConsumerHealthwatch, err)
+	}
+	if s.reports, err = s.js.Stream(ctx, s.subj.ReportsStream()); err != nil {
+		return fmt.Errorf("healthwatch: open stream %s: %w", s.subj.ReportsStream(), err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { s.runTimers(ctx) })
@@ -135,69 +156,225 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer) {
 		if len(msgs) == 0 {
 			continue
 		}
-		if err := s.handle(ctx, msgs); err != nil {
-			s.log.Warn().Err(err).Int("reports", len(msgs)).Msg("apply reports failed; they will be redelivered")
-			if !sleep(ctx, backoff) {
-				return
-			}
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
 		backoff = 100 * time.Millisecond
+		s.handle(ctx, msgs)
 	}
 }
 
-// handle applies one fetched batch and acks it after commit, or naks it all on failure. The work is
-// finished even if ctx ends meanwhile, within the ack wait.
-func (s *Service) handle(ctx context.Context, msgs []jetstream.Msg) error {
-	reps := make([]report, 0, len(msgs))
-	for _, m := range msgs {
-		rep, ok := s.decode(m)
-		if ok {
-			reps = append(reps, rep)
-		}
-	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.ackWait-s.fetchWait)
-	defer cancel()
-	if err := s.applyReports(wctx, reps); err != nil {
-		for _, m := range msgs {
-			_ = m.NakWithDelay(time.Second)
-		}
-		return err
-	}
-	for _, m := range msgs {
-		_ = m.Ack()
-	}
-	return nil
+// item is one fetched message and, once decoded, its report.
+type item struct {
+	msg jetstream.Msg
+	rep report
 }
 
-// decode reads the report of the device named by the message subject. A report body naming another
-// device is ignored: a device speaks only for itself.
-func (s *Service) decode(m jetstream.Msg) (report, bool) {
-	device, ok := s.subj.DeviceFromSubject(m.Subject())
-	if !ok {
-		s.log.Warn().Str("subject", m.Subject()).Msg("report on an unexpected subject; dropped")
-		return report{}, false
+// handle settles one fetched batch: a report that can never be applied (unreadable, on a foreign
+// subject, not storable as jsonb) is dead-lettered at once; the others are applied grouped by rollout,
+// the groups in parallel, each acknowledged after its commit. A group that fails is split until the
+// failing report is alone (see applyIsolated), so one bad report never holds back the others. The work
+// is finished even if ctx ends meanwhile, within the ack wait.
+func (s *Service) handle(ctx context.Context, msgs []jetstream.Msg) {
+	items := make([]item, 0, len(msgs))
+	for _, m := range msgs {
+		rep, ok, err := s.decode(m)
+		switch {
+		case err != nil:
+			s.settler.DeadLetter(ctx, m, reasonOf(err), err)
+		case !ok:
+			_ = m.Ack() // nothing to apply (a report in another device's name)
+		default:
+			items = append(items, item{msg: m, rep: rep})
+		}
 	}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(m.Data(), &body); err != nil {
-		s.log.Warn().Err(err).Str("device", device).Msg("unreadable report; dropped")
-		return report{}, false
+	if len(items) == 0 {
+		return
 	}
-	raw, ok := body[device]
-	if !ok {
-		return report{}, false
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetchWait)
+	groups := s.groupByRollout(gctx, items)
+	cancel()
+	sem := make(chan struct{}, s.workers)
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.applyIsolated(ctx, g)
+		})
 	}
-	var rep streams.DeviceReport
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		s.log.Warn().Err(err).Str("device", device).Msg("unreadable report; dropped")
-		return report{}, false
+	wg.Wait()
+}
+
+// applyIsolated applies items in one transaction and acks them after commit. While the database is
+// unreachable it holds them (in progress) and tries again once it answers. Any other failure splits
+// items in two halves applied in order (a device's reports keep their order), down to a single report,
+// which is then settled by its error: dead-lettered when it can never succeed, redelivered with backoff
+// otherwise.
+func (s *Service) applyIsolated(ctx context.Context, items []item) {
+	for {
+		// Each attempt may take the ack wait: the messages were just fetched or marked in progress.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.ackWait-s.fetchWait)
+		err := s.applyReports(wctx, reportsOf(items))
+		cancel()
+		if err == nil {
+			for _, it := range items {
+				_ = it.msg.Ack()
+			}
+			return
+		}
+		if _, permanent := consume.Classify(err); !permanent && consume.Unavailable(err) {
+			msgs := make([]jetstream.Msg, len(items))
+			for i, it := range items {
+				msgs[i] = it.msg
+			}
+			if ctx.Err() == nil && s.settler.Hold(ctx, msgs...) {
+				continue
+			}
+			for _, m := range msgs {
+				_ = m.NakWithDelay(time.Second)
+			}
+			return
+		}
+		if len(items) == 1 {
+			s.settler.Fail(ctx, items[0].msg, err)
+			return
+		}
+		s.log.Warn().Err(err).Int("reports", len(items)).Msg("apply reports failed; applying them in halves to isolate the failing one")
+		for _, it := range items {
+			_ = it.msg.InProgress()
+		}
+		half := len(items) / 2
+		s.applyIsolated(ctx, items[:half])
+		s.applyIsolated(ctx, items[half:])
+		return
 	}
+}
+
+func reportsOf(items []item) []report {
+	out := make([]report, len(items))
+	for i, it := range items {
+		out[i] = it.rep
+	}
+	return out
+}
+
+func reasonOf(err error) string {
+	if r, ok := consume.Classify(err); ok {
+		return r
+	}
+	return consume.ReasonInvalid
+}
+
+// groupByRollout splits items so that reports of devices in different rollouts land in different
+// groups (one indexed query): devices in flight in the same rollout, or linked through a device in
+// several rollouts, share a group; devices in none form one more group. A device's reports stay in one
+// group, in stream order. If the lookup fails, everything is one group.
+func (s *Service) groupByRollout(ctx context.Context, items []item) [][]item {
+	if s.workers == 1 || len(items) == 1 {
+		return [][]item{items}
+	}
+	uuids := make([]string, 0, len(items))
+	seen := make(map[string]bool, len(items))
+	for _, it := range items {
+		if !seen[it.rep.device] {
+			seen[it.rep.device] = true
+			uuids = append(uuids, it.rep.device)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT device_uuid, rollout_id::text FROM device_rollout_status
+		WHERE device_uuid = ANY($1) AND status = ANY($2)`, uuids, inFlight)
+	if err != nil {
+		return [][]item{items}
+	}
+	type pair struct{ device, rollout string }
+	pairs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pair, error) {
+		var p pair
+		return p, r.Scan(&p.device, &p.rollout)
+	})
+	if err != nil {
+		return [][]item{items}
+	}
+	// Union-find over rollout ids; each device joins its rollouts' set.
+	parent := map[string]string{}
+	var find func(string) string
+	find = func(x string) string {
+		if p, ok := parent[x]; ok && p != x {
+			r := find(p)
+			parent[x] = r
+			return r
+		}
+		parent[x] = x
+		return x
+	}
+	deviceRollout := map[string]string{}
+	for _, p := range pairs {
+		if first, ok := deviceRollout[p.device]; ok {
+			parent[find(p.rollout)] = find(first)
+		} else {
+			deviceRollout[p.device] = p.rollout
+			find(p.rollout)
+		}
+	}
+	index := map[string]int{}
+	var groups [][]item
+	for _, it := range items {
+		key := ""
+		if r, ok := deviceRollout[it.rep.device]; ok {
+			key = find(r)
+		}
+		k, ok := index[key]
+		if !ok {
+			k = len(groups)
+			index[key] = k
+			groups = append(groups, nil)
+		}
+		groups[k] = append(groups[k], it)
+	}
+	return groups
+}
+
+// reportDoc is one device's entry in a report message, decoded in the same pass that keeps its raw bytes.
+type reportDoc struct {
+	rep streams.DeviceReport
+	raw json.RawMessage
+}
+
+func (d *reportDoc) UnmarshalJSON(b []byte) error {
+	d.raw = append(json.RawMessage(nil), b...)
+	return json.Unmarshal(b, &d.rep)
+}
+
+// decode reads the report of the device named by the message subject, in one json.Unmarshal. A report
+// body naming another device is ignored (false): a device speaks only for itself. A report that can
+// never be stored is an error marked consume.Permanent: a foreign subject, unreadable JSON, or text
+// PostgreSQL refuses (a NUL character, invalid UTF-8), checked before any SQL.
+func (s *Service) decode(m jetstream.Msg) (report, bool, error) {
 	at := time.Now()
 	if md, err := m.Metadata(); err == nil {
 		at = md.Timestamp
 	}
-	return report{device: device, body: rep, raw: raw, at: at}, true
+	return s.parseReport(m.Subject(), m.Data(), at)
+}
+
+// parseReport is decode for a report published to subject with payload data, stored at at.
+func (s *Service) parseReport(subject string, data []byte, at time.Time) (report, bool, error) {
+	device, ok := s.subj.DeviceFromSubject(subject)
+	if !ok {
+		return report{}, false, consume.Permanent(consume.ReasonInvalid, fmt.Errorf("report on unexpected subject %q", subject))
+	}
+	if err := consume.CheckText("device uuid", device); err != nil {
+		return report{}, false, err
+	}
+	if err := consume.CheckJSON("report of "+device, data); err != nil {
+		return report{}, false, err
+	}
+	var body map[string]*reportDoc
+	if err := json.Unmarshal(data, &body); err != nil {
+		return report{}, false, consume.Permanent(consume.ReasonDecode, fmt.Errorf("decode report of %s: %w", device, err))
+	}
+	doc := body[device]
+	if doc == nil {
+		return report{}, false, nil
+	}
+	return report{device: device, body: doc.rep, raw: doc.raw, at: at}, true, nil
 }
 
 func (s *Service) runTimers(ctx context.Context) {

@@ -44,78 +44,65 @@ func (w *work) commit(ctx context.Context) error {
 	return w.tx.Commit(ctx)
 }
 
-// rollout is a locked rollout row with its counters freshly recomputed from its device rows.
+// rollout is a locked rollout row with its counters.
 type rollout struct {
-	id                              string
-	status                          string
-	currentBatch, totalBatches      int
-	completedBatch, requestedBatch  int
-	nextBatchAt                     *time.Time
-	autoPaused                      bool
-	repository, newImage, oldTag    string
-	policy                          policy
-	completed, failed, rolledBack   int
-	failures, finished, openInBatch int
-	failureRate                     float64
+	id                             string
+	status                         string
+	currentBatch, totalBatches     int
+	completedBatch, requestedBatch int
+	nextBatchAt                    *time.Time
+	autoPaused                     bool
+	repository, newImage, oldTag   string
+	policy                         policy
+	completed, failed, rolledBack  int
+	failures, finished             int
+	openInBatch                    int // > 0 while the current batch has an unfinished device
+	failureRate                    float64
 }
 
-// recount recomputes the counters of the rollouts ids from their device rows (one statement) and
-// returns the rows. The caller holds the rollouts' row locks.
+// loadRollouts reads the locked rollouts ids with their counters, and whether their current batch still
+// has an open device (an indexed EXISTS). It recounts nothing: the counters move by the deltas of every
+// statement that writes device_rollout_status (trigger of migration 008), in that statement's
+// transaction, so they are current here.
 //
 //	updated_devices = healthy_devices = completed rows; failed_devices = failed rows;
-//	rolled_back_devices = rolled_back rows; failure_rate = failures / finished, where finished counts
-//	completed, failed and rolled_back rows and failures counts failed rows plus rolled_back rows that
-//	had failed first (they carry an error_message).
-func recount(ctx context.Context, tx pgx.Tx, ids []string) ([]rollout, error) {
+//	rolled_back_devices = rolled_back rows; failures = failed rows plus rolled_back rows that had failed
+//	first (they carry an error_message); failure_rate = failures / finished, where finished counts
+//	completed, failed and rolled_back rows.
+func loadRollouts(ctx context.Context, tx pgx.Tx, ids []string) ([]rollout, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
 	rows, err := tx.Query(ctx, `
-		WITH c AS (
-			SELECT r.rollout_id,
-			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceCompleted)+`) AS completed,
-			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`) AS failed,
-			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+`) AS rolled_back,
-			       count(d.device_uuid) FILTER (WHERE d.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`
-			             OR (d.status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+` AND d.error_message IS NOT NULL)) AS failures,
-			       count(d.device_uuid) FILTER (WHERE d.status IN (`+lifecycle.SQL(lifecycle.Finished...)+`)) AS finished,
-			       count(d.device_uuid) FILTER (WHERE d.batch_number = r.current_batch
-			             AND d.status IN (`+lifecycle.SQL(lifecycle.Unfinished...)+`)) AS open
-			FROM image_rollouts r
-			LEFT JOIN device_rollout_status d ON d.rollout_id = r.rollout_id
-			WHERE r.rollout_id = ANY($1::uuid[])
-			GROUP BY r.rollout_id
-		)
-		UPDATE image_rollouts r SET
-			updated_devices = c.completed,
-			healthy_devices = c.completed,
-			failed_devices = c.failed,
-			rolled_back_devices = c.rolled_back,
-			failure_rate = CASE WHEN c.finished = 0 THEN 0 ELSE c.failures::float8 / c.finished END,
-			updated_at = now()
-		FROM c
-		WHERE r.rollout_id = c.rollout_id
-		RETURNING r.rollout_id::text, r.status, r.current_batch, r.total_batches, r.completed_batch,
-		          r.requested_batch, r.next_batch_at, r.auto_paused, r.repository, r.new_image,
-		          COALESCE(r.old_tag, ''), r.policy, c.completed, c.failed, c.rolled_back, c.failures,
-		          c.finished, c.open, r.failure_rate`, ids)
+		SELECT r.rollout_id::text, r.status, r.current_batch, r.total_batches, r.completed_batch,
+		       r.requested_batch, r.next_batch_at, r.auto_paused, r.repository, r.new_image,
+		       COALESCE(r.old_tag, ''), r.policy, r.updated_devices, r.failed_devices, r.rolled_back_devices,
+		       r.failures, r.updated_devices + r.failed_devices + r.rolled_back_devices, r.failure_rate,
+		       EXISTS (SELECT 1 FROM device_rollout_status d
+		               WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch
+		                 AND d.status IN (`+lifecycle.SQL(lifecycle.Unfinished...)+`))
+		FROM image_rollouts r
+		WHERE r.rollout_id = ANY($1::uuid[])
+		ORDER BY r.rollout_id`, ids)
 	if err != nil {
-		return nil, fmt.Errorf("recount rollouts: %w", err)
+		return nil, fmt.Errorf("read rollouts: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (rollout, error) {
 		var ro rollout
 		var pol []byte
-		var completed, failed, rolledBack, failures, finished, open int64
+		var open bool
 		err := row.Scan(&ro.id, &ro.status, &ro.currentBatch, &ro.totalBatches, &ro.completedBatch,
 			&ro.requestedBatch, &ro.nextBatchAt, &ro.autoPaused, &ro.repository, &ro.newImage, &ro.oldTag,
-			&pol, &completed, &failed, &rolledBack, &failures, &finished, &open, &ro.failureRate)
+			&pol, &ro.completed, &ro.failed, &ro.rolledBack, &ro.failures, &ro.finished, &ro.failureRate, &open)
 		ro.policy = parsePolicy(pol)
-		ro.completed, ro.failed, ro.rolledBack = int(completed), int(failed), int(rolledBack)
-		ro.failures, ro.finished, ro.openInBatch = int(failures), int(finished), int(open)
+		ro.openInBatch = 0
+		if open {
+			ro.openInBatch = 1
+		}
 		return ro, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("recount rollouts: %w", err)
+		return nil, fmt.Errorf("read rollouts: %w", err)
 	}
 	return out, nil
 }
@@ -131,7 +118,7 @@ type finishes struct{ finished, failed int }
 // a rollout pauses when these finishes take it over the threshold, or add a failure while it is over
 // (so an operator who resumes an auto-paused rollout is overruled only by a new failure).
 func settle(ctx context.Context, w *work, ids []string, news map[string]finishes) error {
-	ros, err := recount(ctx, w.tx, ids)
+	ros, err := loadRollouts(ctx, w.tx, ids)
 	if err != nil {
 		return err
 	}
@@ -178,7 +165,7 @@ func settleOne(ctx context.Context, w *work, ro rollout, n finishes) error {
 		if _, err := restore(ctx, w, ro.ref(), []string{statusFailed}, nil, "auto rollback: failure rate above max_failure_rate"); err != nil {
 			return err
 		}
-		again, err := recount(ctx, tx, []string{ro.id})
+		again, err := loadRollouts(ctx, tx, []string{ro.id})
 		if err != nil {
 			return err
 		}

@@ -2,11 +2,15 @@ package healthwatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
@@ -75,11 +79,25 @@ func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 	return len(claimed), nil
 }
 
+// timeoutBatch is the most timed-out devices one tick checks for a waiting report and may fail.
+const timeoutBatch = 1000
+
 // failTimedOut fails, set-based, every in-flight device whose health_deadline has passed ("health check
 // timeout"), for the active rollouts it can lock without waiting (SKIP LOCKED: a replica busy with one
 // leaves it to the next tick), records the events and settles those rollouts. It returns how many
 // devices it failed.
+//
+// A device times out only when no passing report of it is waiting anywhere: before failing them, it
+// applies each due device's last report on the REPORTS stream (applyWaitingReports), which may still
+// be unacknowledged with a consumer that died, and fails only devices so checked.
 func (s *Service) failTimedOut(ctx context.Context) (int, error) {
+	checked, err := s.applyWaitingReports(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: %w", err)
+	}
+	if checked != nil && len(checked) == 0 {
+		return 0, nil
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("fail timed-out devices: begin: %w", err)
@@ -88,10 +106,11 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
 		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
 		                       WHERE d.health_deadline < now()
-		                         AND d.status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`))
+		                         AND d.status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
+		                         AND ($3::text[] IS NULL OR d.device_uuid = ANY($3)))
 		  AND r.status = ANY($1)
 		ORDER BY r.rollout_id LIMIT $2
-		FOR UPDATE OF r SKIP LOCKED`, activeRollout, claimLimit)
+		FOR UPDATE OF r SKIP LOCKED`, activeRollout, claimLimit, checked)
 	if err != nil {
 		return 0, fmt.Errorf("fail timed-out devices: lock rollouts: %w", err)
 	}
@@ -107,9 +126,10 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		FROM (SELECT rollout_id, device_uuid, status FROM device_rollout_status
 		      WHERE rollout_id = ANY($1::uuid[]) AND health_deadline < now()
 		        AND status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
+		        AND ($2::text[] IS NULL OR device_uuid = ANY($2))
 		      FOR UPDATE) o
 		WHERE d.rollout_id = o.rollout_id AND d.device_uuid = o.device_uuid
-		RETURNING d.rollout_id::text, d.device_uuid, o.status, d.batch_number, COALESCE(d.new_image, '')`, locked)
+		RETURNING d.rollout_id::text, d.device_uuid, o.status, d.batch_number, COALESCE(d.new_image, '')`, locked, checked)
 	if err != nil {
 		return 0, fmt.Errorf("fail timed-out devices: %w", err)
 	}
@@ -241,4 +261,78 @@ func (s *Service) retryLostDispatches(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("retry lost dispatches: commit: %w", err)
 	}
 	return len(found), nil
+}
+
+// applyWaitingReports reads the last report on the REPORTS stream (direct get, last by subject
+// <prefix>.device.<uuid>.state) of up to timeoutBatch in-flight devices whose health deadline has
+// passed, applies them like any report (a passing one completes its device; applying one twice changes
+// nothing), and returns the devices it checked. A report the consumer holds unacknowledged (its replica
+// died; redelivery waits for the ack wait) is read here too. If the stream cannot be read, it returns an
+// error and no device times out this tick. Without a REPORTS stream (tests that call steps directly) it
+// returns nil: no restriction.
+func (s *Service) applyWaitingReports(ctx context.Context) ([]string, error) {
+	if s.reports == nil {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT d.device_uuid FROM device_rollout_status d
+		JOIN image_rollouts r ON r.rollout_id = d.rollout_id
+		WHERE d.health_deadline < now() AND d.status = ANY($1) AND r.status = ANY($2)
+		LIMIT $3`, inFlight, activeRollout, timeoutBatch)
+	if err != nil {
+		return nil, fmt.Errorf("find timed-out devices: %w", err)
+	}
+	devices, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("find timed-out devices: %w", err)
+	}
+	if len(devices) == 0 {
+		return []string{}, nil
+	}
+	reps := make([]*report, len(devices))
+	errs := make([]error, len(devices))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, d := range devices {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			msg, err := s.reports.GetLastMsgForSubject(ctx, s.subj.DeviceState(d))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("read last report of %s: %w", d, err)
+				return
+			}
+			rep, ok, err := s.parseReport(msg.Subject, msg.Data, msg.Time)
+			if err == nil && ok {
+				reps[i] = &rep
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var waiting []report
+	for _, r := range reps {
+		if r != nil {
+			waiting = append(waiting, *r)
+		}
+	}
+	if err := s.applyReports(ctx, waiting); err != nil {
+		if consume.Unavailable(err) {
+			return nil, fmt.Errorf("apply waiting reports: %w", err)
+		}
+		// One report that cannot be applied must not keep every other device from timing out.
+		for _, r := range waiting {
+			if err := s.applyReports(ctx, []report{r}); err != nil {
+				if consume.Unavailable(err) {
+					return nil, fmt.Errorf("apply waiting reports: %w", err)
+				}
+				s.log.Warn().Err(err).Str("device", r.device).Msg("last report of a timed-out device cannot be applied")
+			}
+		}
+	}
+	return devices, nil
 }

@@ -77,8 +77,8 @@ func Classify(err error) (reason string, permanent bool) {
 // failures, dropped connections, server shutting down, too many connections, a timed-out pool acquire):
 // the message is not at fault, and its consumer should wait for the database rather than retry it.
 func Unavailable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) {
-		return false
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the work took too long: not the database's absence
 	}
 	var ce *pgconn.ConnectError
 	if errors.As(err, &ce) {
@@ -91,9 +91,6 @@ func Unavailable(err error) bool {
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {
-		return true
-	}
-	if pgconn.Timeout(err) {
 		return true
 	}
 	msg := err.Error()
