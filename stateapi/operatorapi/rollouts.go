@@ -13,14 +13,23 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
-var rolloutStatuses = map[string]bool{"pending": true, "scheduled": true, "in_progress": true, "paused": true,
-	"awaiting_approval": true, "completed": true, "failed": true, "cancelled": true, "rolled_back": true, "superseded": true}
+// The statuses ?status= accepts (shared/lifecycle).
+var (
+	rolloutStatuses       = statusSet(lifecycle.Strings(lifecycle.Statuses...))
+	deviceRolloutStatuses = statusSet(lifecycle.Strings(lifecycle.DeviceStatuses...))
+)
 
-var deviceRolloutStatuses = map[string]bool{"pending": true, "scheduled": true, "updating": true,
-	"health_checking": true, "completed": true, "failed": true, "rolled_back": true, "skipped": true}
+func statusSet(statuses []string) map[string]bool {
+	set := make(map[string]bool, len(statuses))
+	for _, s := range statuses {
+		set[s] = true
+	}
+	return set
+}
 
 // statusFilter reads ?status= (comma-separated) against the allowed set; nil when absent.
 func statusFilter(c *fiber.Ctx, allowed map[string]bool) ([]string, error) {
