@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -53,6 +54,8 @@ func (c *Console) stream(ctx *fiber.Ctx) error {
 	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{c.cfg.Subjects.Event("*.*", rollout)},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		// A backstop: the consumer is deleted when its client goes away (stopConsumer).
+		InactiveThreshold: time.Minute,
 	}
 	if raw := strings.TrimSpace(ctx.Get("Last-Event-ID")); raw != "" {
 		seq, err := strconv.ParseUint(raw, 10, 64)
@@ -91,7 +94,7 @@ func (c *Console) stream(ctx *fiber.Ctx) error {
 	ctx.Set("X-Accel-Buffering", "no")
 	ctx.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer cancel()
-		defer consuming.Stop()
+		defer c.stopConsumer(cons, consuming)
 		log.Debug().Msg("event stream opened")
 		defer log.Debug().Msg("event stream closed")
 		// The server's write timeout was set once for the whole answer; each write extends it instead.
@@ -144,4 +147,19 @@ func (c *Console) stream(ctx *fiber.Ctx) error {
 		}
 	})
 	return nil
+}
+
+// stopConsumer stops consuming and deletes the client's consumer at once, rather than leaving it to
+// the server's inactivity timer.
+func (c *Console) stopConsumer(cons jetstream.Consumer, consuming jetstream.ConsumeContext) {
+	consuming.Stop()
+	info := cons.CachedInfo()
+	if info == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.cfg.JS.DeleteConsumer(ctx, c.cfg.Subjects.EventsStream(), info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		c.cfg.Log.Warn().Err(err).Str("consumer", info.Name).Msg("delete event stream consumer")
+	}
 }
