@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
@@ -37,6 +40,14 @@ const KindPushV1 = "push.v1"
 // DefaultMaxBody is the webhook body limit when Config.MaxBody is zero.
 const DefaultMaxBody = 1 << 20
 
+// DefaultMaxPushes is how many tagged pushes one delivery may queue when Config.MaxPushes is zero. A
+// delivery holding more (a Quay updated_tags list of thousands of tags) is refused whole with 413
+// too_many_pushes, before anything is queued: the registry's sender should split it.
+const DefaultMaxPushes = 100
+
+// maxPusherLen bounds the informational pusher name kept with a push.
+const maxPusherLen = 200
+
 // pushNamespace is the UUID v5 namespace of push event ids (itself the v5 URL id of
 // "https://github.com/fleetshift/fleetshift/streams/push.v1"). Changing it changes every event id.
 const pushNamespace = "07abe8b7-ec6f-57ef-b769-792251b16d83"
@@ -56,6 +67,8 @@ type Config struct {
 	WebhookSecret string
 	// MaxBody is the largest accepted body in bytes (DefaultMaxBody when zero).
 	MaxBody int
+	// MaxPushes is the most tagged pushes one delivery may queue (DefaultMaxPushes when zero).
+	MaxPushes int
 	// AllowUnauthenticated accepts deliveries without credentials when neither WebhookToken nor
 	// WebhookSecret is set. Without it such a service refuses every delivery.
 	AllowUnauthenticated bool
@@ -95,6 +108,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("new ingest service: MaxBody %d is negative", cfg.MaxBody)
 	}
 	cfg.MaxBody = cmp.Or(cfg.MaxBody, DefaultMaxBody)
+	cfg.MaxPushes = cmp.Or(cfg.MaxPushes, DefaultMaxPushes)
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 10*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -166,6 +180,18 @@ func (s *Service) handleWebhook(c *fiber.Ctx) error {
 		s.count(res.Registry, OutcomeInvalid)
 		return apierr.New(apierr.ErrInvalid, "unreadable_payload", "%s", err.Error())
 	}
+	if len(res.Pushes) > s.cfg.MaxPushes {
+		s.count(res.Registry, OutcomeTooLarge)
+		return apierr.New(apierr.ErrTooLarge, "too_many_pushes",
+			"the delivery holds %d tagged pushes; at most %d are accepted per delivery (nothing was queued: send fewer tags per delivery)",
+			len(res.Pushes), s.cfg.MaxPushes)
+	}
+	for i := range res.Pushes {
+		if err := checkPush(&res.Pushes[i]); err != nil {
+			s.count(res.Registry, OutcomeInvalid)
+			return err
+		}
+	}
 	if len(res.Pushes) == 0 {
 		s.count(res.Registry, OutcomeIgnored)
 		reason := res.IgnoredReason()
@@ -210,6 +236,39 @@ func (s *Service) handleWebhook(c *fiber.Ctx) error {
 	}
 	s.count(res.Registry, OutcomeAccepted)
 	return c.Status(http.StatusAccepted).JSON(out)
+}
+
+// checkPush makes a push storable downstream (PostgreSQL text refuses NUL and invalid UTF-8): the
+// informational pusher is cleaned (control characters dropped, invalid UTF-8 replaced, length capped);
+// any other field that is not clean text refuses the delivery with a 400 naming it, so no poison push is
+// ever queued.
+func checkPush(p *registry.Push) error {
+	p.Pusher = cleanText(p.Pusher, maxPusherLen)
+	for _, f := range []struct{ name, value string }{
+		{"repository", p.Ref.Repository}, {"image_name", p.Ref.Familiar}, {"tag", p.Ref.Tag},
+		{"digest", p.Ref.Digest}, {"delivery_id", p.DedupeKey}, {"registry", p.Registry},
+	} {
+		if err := apierr.CheckText(f.name, f.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanText returns s as valid UTF-8 without control characters, at most max bytes.
+func cleanText(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, s)
+	for len(s) > max {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
 }
 
 func (s *Service) message(p registry.Push, received time.Time) streams.PushV1 {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -375,4 +376,59 @@ func newListener(t *testing.T, app *fiber.App) string {
 		<-done
 	})
 	return ln.Addr().String()
+}
+
+// A pusher holding NUL (or invalid UTF-8) is cleaned, never queued as a push PostgreSQL cannot store;
+// NUL in a field the rollout depends on refuses the delivery, naming the field.
+func TestWebhookTextIsStorable(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	body := `{"push_data":{"tag":"1.1","pushed_at":1700000000,"pusher":"ci\u0000bot"},
+		"repository":{"repo_name":"acme/app","name":"app","namespace":"acme"}}`
+	r := b.do(t, post(body, "Authorization", "Bearer "+testToken))
+	require.Equal(t, http.StatusAccepted, r.status, "%v", r.body)
+	pushes := b.storedPushes(t)
+	require.Len(t, pushes, 1)
+	require.Equal(t, "cibot", pushes[0].Pusher)
+
+	for _, body := range []string{
+		`{"push_data":{"tag":"1.2\u0000","pushed_at":1700000000},"repository":{"repo_name":"acme/app","name":"app","namespace":"acme"}}`,
+		`{"push_data":{"tag":"1.2","pushed_at":1700000000},"repository":{"repo_name":"acme/a\u0000pp","name":"app","namespace":"acme"}}`,
+	} {
+		r := b.do(t, post(body, "Authorization", "Bearer "+testToken))
+		require.Equal(t, http.StatusBadRequest, r.status, "%s: %v", body, r.body)
+		e := r.body["error"].(map[string]any)
+		require.NotEqual(t, "internal", e["code"])
+		require.NotEmpty(t, e["message"])
+	}
+	require.EqualValues(t, 1, b.streamMsgs(t), "refused deliveries queue nothing")
+}
+
+// One delivery cannot queue an unbounded number of pushes: a Quay delivery with 90,000 updated tags is
+// refused whole with 413 too_many_pushes, and nothing is queued.
+func TestWebhookPushesPerDeliveryBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.MaxBody = 4 << 20 })
+	tags := make([]string, 90000)
+	for i := range tags {
+		tags[i] = "v" + strconv.Itoa(i)
+	}
+	doc, err := json.Marshal(map[string]any{"name": "test", "repository": "acme/test", "namespace": "acme",
+		"docker_url": "quay.io/acme/test", "updated_tags": tags})
+	require.NoError(t, err)
+	r := b.do(t, post(string(doc), "Authorization", "Bearer "+testToken))
+	require.Equal(t, http.StatusRequestEntityTooLarge, r.status, "%v", r.body)
+	e := r.body["error"].(map[string]any)
+	require.Equal(t, "too_many_pushes", e["code"])
+	require.Contains(t, e["message"], "90000")
+	require.Contains(t, e["message"], strconv.Itoa(DefaultMaxPushes))
+	require.Zero(t, b.streamMsgs(t))
+
+	// At the limit it is accepted.
+	doc, err = json.Marshal(map[string]any{"name": "test", "repository": "acme/test", "namespace": "acme",
+		"docker_url": "quay.io/acme/test", "updated_tags": tags[:DefaultMaxPushes]})
+	require.NoError(t, err)
+	r = b.do(t, post(string(doc), "Authorization", "Bearer "+testToken))
+	require.Equal(t, http.StatusAccepted, r.status, "%v", r.body)
+	require.EqualValues(t, DefaultMaxPushes, b.streamMsgs(t))
 }

@@ -81,14 +81,24 @@ func (s *Service) listDevices(c *fiber.Ctx) error {
 	if cur != nil {
 		after = cur[0]
 	}
-	if f := c.Query("fleet_id"); f != "" {
+	f, err := httpio.Query(c, "fleet_id", devicestore.MaxFleetLen)
+	if err != nil {
+		return err
+	}
+	if f != "" {
 		fleet = f
 	}
 	var tags []string
 	for _, v := range c.Context().QueryArgs().PeekMulti("tag") {
 		if t := strings.TrimSpace(string(v)); t != "" {
+			if err := apierr.CheckText("tag", t); err != nil {
+				return err
+			}
 			tags = append(tags, t)
 		}
+	}
+	if len(tags) > devicestore.MaxTags {
+		return apierr.Invalid("tag", "at most %d tags", devicestore.MaxTags)
 	}
 	rows, err := s.cfg.Pool.Query(c.UserContext(), `SELECT `+deviceColumns+`
 		FROM devices d LEFT JOIN device_target_state t ON t.device_uuid = d.uuid
@@ -271,8 +281,11 @@ func (s *Service) getCurrentState(c *fiber.Ctx) error {
 
 func fleetParam(c *fiber.Ctx) (string, error) {
 	f := strings.Clone(strings.TrimSpace(c.Params("fleet_id")))
-	if f == "" || len(f) > 128 || strings.ContainsAny(f, "\x00\r\n") {
-		return "", apierr.Invalid("fleet_id", "1-128 characters")
+	if f == "" || len(f) > devicestore.MaxFleetLen || strings.ContainsAny(f, "\r\n") {
+		return "", apierr.Invalid("fleet_id", "1-%d characters", devicestore.MaxFleetLen)
+	}
+	if err := apierr.CheckText("fleet_id", f); err != nil {
+		return "", err
 	}
 	return f, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/stateapi/internal/devicestore"
 	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
@@ -37,20 +38,30 @@ func scanProvisioningKey(r pgx.Row) (ProvisioningKey, error) {
 // "description"?} -> 201 {"id", "key", ...}. The key is shown once; only its hash is kept.
 func (s *Service) createProvisioningKey(c *fiber.Ctx) error {
 	var req struct {
-		FleetID     string     `json:"fleet_id"`
-		ExpiresAt   *time.Time `json:"expires_at"`
-		MaxDevices  *int32     `json:"max_devices"`
-		Description *string    `json:"description"`
+		FleetID     string  `json:"fleet_id"`
+		ExpiresAt   *string `json:"expires_at"`
+		MaxDevices  *int32  `json:"max_devices"`
+		Description *string `json:"description"`
 	}
 	if err := httpio.DecodeBody(c, &req, true, httpio.DefaultMaxBody); err != nil {
 		return err
 	}
 	req.FleetID = strings.TrimSpace(req.FleetID)
+	var expiresAt *time.Time
+	if req.ExpiresAt != nil {
+		t, err := time.Parse(time.RFC3339Nano, *req.ExpiresAt)
+		if err != nil {
+			return apierr.Invalid("expires_at", "want an RFC 3339 time such as 2030-01-02T15:04:05Z, got %q", *req.ExpiresAt)
+		}
+		expiresAt = &t
+	}
 	switch {
-	case req.FleetID == "" || len(req.FleetID) > 128:
-		return apierr.Invalid("fleet_id", "required, 1-128 characters")
-	case req.ExpiresAt != nil && !req.ExpiresAt.After(time.Now()):
+	case req.FleetID == "" || len(req.FleetID) > devicestore.MaxFleetLen:
+		return apierr.Invalid("fleet_id", "required, 1-%d characters", devicestore.MaxFleetLen)
+	case expiresAt != nil && !expiresAt.After(time.Now()):
 		return apierr.Invalid("expires_at", "must be in the future")
+	case req.Description != nil && len(*req.Description) > maxDescriptionLen:
+		return apierr.Invalid("description", "at most %d characters", maxDescriptionLen)
 	case req.MaxDevices != nil && *req.MaxDevices < 1:
 		return apierr.Invalid("max_devices", "must be at least 1")
 	}
@@ -60,7 +71,7 @@ func (s *Service) createProvisioningKey(c *fiber.Ctx) error {
 	}
 	k, err := scanProvisioningKey(s.cfg.Pool.QueryRow(c.UserContext(), `INSERT INTO provisioning_keys
 		(fleet_id, key_hash, description, expires_at, max_devices) VALUES ($1, $2, $3, $4, $5)
-		RETURNING `+provisioningKeyColumns, req.FleetID, hash, req.Description, req.ExpiresAt, req.MaxDevices))
+		RETURNING `+provisioningKeyColumns, req.FleetID, hash, req.Description, expiresAt, req.MaxDevices))
 	if err != nil {
 		return fmt.Errorf("create provisioning key for fleet %s: %w", req.FleetID, err)
 	}
@@ -73,7 +84,11 @@ func (s *Service) createProvisioningKey(c *fiber.Ctx) error {
 // listProvisioningKeys: GET /api/v1/provisioning-keys[?fleet_id=].
 func (s *Service) listProvisioningKeys(c *fiber.Ctx) error {
 	var fleet any
-	if f := c.Query("fleet_id"); f != "" {
+	f, err := httpio.Query(c, "fleet_id", devicestore.MaxFleetLen)
+	if err != nil {
+		return err
+	}
+	if f != "" {
 		fleet = f
 	}
 	rows, err := s.cfg.Pool.Query(c.UserContext(), `SELECT `+provisioningKeyColumns+` FROM provisioning_keys

@@ -18,28 +18,36 @@ import (
 	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 )
 
+// Limits of a policy's fields besides their column ranges (integers are int32, as their columns).
+const (
+	// MaxPolicyDevices is the most device_uuids one policy may list.
+	MaxPolicyDevices  = 10000
+	maxPatternLen     = 512
+	maxDescriptionLen = 2000
+)
+
 // policyInput is a policy as written by operators. Absent fields take their defaults (PUT replaces the
 // whole policy). id, created_at and updated_at are accepted and ignored, so a GET body can be PUT back.
 type policyInput struct {
 	ImagePattern              *string         `json:"image_pattern"`
 	UpdateStrategy            *string         `json:"update_strategy"`
-	StagedBatches             *int            `json:"staged_batches"`
-	BatchPercentages          []int           `json:"batch_percentages"`
-	BatchDelayMinutes         *int            `json:"batch_delay_minutes"`
-	BatchDelaySeconds         *int            `json:"batch_delay_seconds"`
+	StagedBatches             *int32          `json:"staged_batches"`
+	BatchPercentages          []int32         `json:"batch_percentages"`
+	BatchDelayMinutes         *int32          `json:"batch_delay_minutes"`
+	BatchDelaySeconds         *int32          `json:"batch_delay_seconds"`
 	HealthCheckEnabled        *bool           `json:"health_check_enabled"`
-	HealthCheckTimeoutSeconds *int            `json:"health_check_timeout_seconds"`
+	HealthCheckTimeoutSeconds *int32          `json:"health_check_timeout_seconds"`
 	HealthCheckConfig         json.RawMessage `json:"health_check_config"`
 	AutoRollbackEnabled       *bool           `json:"auto_rollback_enabled"`
 	MaxFailureRate            *float64        `json:"max_failure_rate"`
-	MinSampleSize             *int            `json:"min_sample_size"`
+	MinSampleSize             *int32          `json:"min_sample_size"`
 	MaintenanceWindowStart    *string         `json:"maintenance_window_start"`
 	MaintenanceWindowEnd      *string         `json:"maintenance_window_end"`
 	Timezone                  *string         `json:"timezone"`
 	FleetID                   *string         `json:"fleet_id"`
 	DeviceTags                json.RawMessage `json:"device_tags"`
 	DeviceUUIDs               []string        `json:"device_uuids"`
-	Priority                  *int            `json:"priority"`
+	Priority                  *int32          `json:"priority"`
 	Enabled                   *bool           `json:"enabled"`
 	Description               *string         `json:"description"`
 	TagPolicy                 *string         `json:"tag_policy"`
@@ -55,22 +63,22 @@ type policyInput struct {
 type policyRow struct {
 	imagePattern              string
 	updateStrategy            string
-	stagedBatches             int
-	batchPercentages          []int
-	batchDelayMinutes         int
-	batchDelaySeconds         *int
+	stagedBatches             int32
+	batchPercentages          []int32
+	batchDelayMinutes         int32
+	batchDelaySeconds         *int32
 	healthCheckEnabled        bool
-	healthCheckTimeoutSeconds int
+	healthCheckTimeoutSeconds int32
 	healthCheckConfig         string
 	autoRollbackEnabled       bool
 	maxFailureRate            float64
-	minSampleSize             int
+	minSampleSize             int32
 	windowStart, windowEnd    *string
 	timezone                  string
 	fleetID                   *string
 	deviceTags                []string
 	deviceUUIDs               []string
-	priority                  int
+	priority                  int32
 	enabled                   bool
 	description               *string
 	tagPolicy                 string
@@ -117,6 +125,9 @@ func (in policyInput) validate() (policyRow, error) {
 		return p, apierr.Invalid("image_pattern", "required, e.g. \"acme/app:*\"")
 	}
 	p.imagePattern = strings.TrimSpace(*in.ImagePattern)
+	if len(p.imagePattern) > maxPatternLen {
+		return p, apierr.Invalid("image_pattern", "at most %d characters", maxPatternLen)
+	}
 	if _, err := match.Compile(p.imagePattern); err != nil {
 		return p, apierr.Invalid("image_pattern", "%v", err)
 	}
@@ -134,7 +145,7 @@ func (in policyInput) validate() (policyRow, error) {
 		if len(in.BatchPercentages) == 0 {
 			return p, apierr.Invalid("batch_percentages", "must not be empty; omit it for the default")
 		}
-		prev := 0
+		prev := int32(0)
 		for i, v := range in.BatchPercentages {
 			if v <= prev || v > 100 {
 				return p, apierr.Invalid("batch_percentages", "cumulative percentages must increase within 1-100 (element %d is %d)", i, v)
@@ -144,11 +155,11 @@ func (in policyInput) validate() (policyRow, error) {
 		if prev != 100 {
 			return p, apierr.Invalid("batch_percentages", "the last percentage must be 100, got %d", prev)
 		}
-		if in.StagedBatches != nil && *in.StagedBatches != len(in.BatchPercentages) {
+		if in.StagedBatches != nil && int(*in.StagedBatches) != len(in.BatchPercentages) {
 			return p, apierr.Invalid("batch_percentages", "has %d entries but staged_batches is %d", len(in.BatchPercentages), *in.StagedBatches)
 		}
 		p.batchPercentages = in.BatchPercentages
-		p.stagedBatches = len(in.BatchPercentages)
+		p.stagedBatches = int32(len(in.BatchPercentages))
 	}
 	p.batchDelayMinutes = orDefault(in.BatchDelayMinutes, 0)
 	if p.batchDelayMinutes < 0 {
@@ -207,12 +218,18 @@ func (in policyInput) validate() (policyRow, error) {
 		return p, apierr.Invalid("timezone", "unknown time zone %q (want an IANA name such as Europe/Berlin)", p.timezone)
 	}
 	p.fleetID = trimmedOrNil(in.FleetID)
+	if p.fleetID != nil && len(*p.fleetID) > devicestore.MaxFleetLen {
+		return p, apierr.Invalid("fleet_id", "at most %d characters", devicestore.MaxFleetLen)
+	}
 	if len(bytes.TrimSpace(in.DeviceTags)) > 0 && string(bytes.TrimSpace(in.DeviceTags)) != "null" {
 		tags, err := devicestore.ParseTags("device_tags", in.DeviceTags)
 		if err != nil {
-			return p, apierr.Invalid("device_tags", "want an array of strings or an object of key -> value")
+			return p, err
 		}
 		p.deviceTags = tags
+	}
+	if len(in.DeviceUUIDs) > MaxPolicyDevices {
+		return p, apierr.Invalid("device_uuids", "at most %d devices per policy, got %d", MaxPolicyDevices, len(in.DeviceUUIDs))
 	}
 	if in.DeviceUUIDs != nil {
 		for _, u := range in.DeviceUUIDs {
@@ -225,6 +242,9 @@ func (in policyInput) validate() (policyRow, error) {
 	p.priority = orDefault(in.Priority, 0)
 	p.enabled = orDefault(in.Enabled, true)
 	p.description = in.Description
+	if p.description != nil && len(*p.description) > maxDescriptionLen {
+		return p, apierr.Invalid("description", "at most %d characters", maxDescriptionLen)
+	}
 	p.tagPolicy = orDefault(in.TagPolicy, "glob")
 	if p.tagPolicy != "glob" && p.tagPolicy != "semver" {
 		return p, apierr.Invalid("tag_policy", "want glob or semver, got %q", p.tagPolicy)

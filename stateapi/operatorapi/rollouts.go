@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
@@ -33,7 +34,10 @@ func statusSet(statuses []string) map[string]bool {
 
 // statusFilter reads ?status= (comma-separated) against the allowed set; nil when absent.
 func statusFilter(c *fiber.Ctx, allowed map[string]bool) ([]string, error) {
-	raw := strings.TrimSpace(c.Query("status"))
+	raw, err := httpio.Query(c, "status", 1000)
+	if err != nil {
+		return nil, err
+	}
 	if raw == "" {
 		return nil, nil
 	}
@@ -64,7 +68,11 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 		return err
 	}
 	var image any
-	if raw := strings.TrimSpace(c.Query("image_name")); raw != "" {
+	raw, err := httpio.Query(c, "image_name", 1024)
+	if err != nil {
+		return err
+	}
+	if raw != "" {
 		ref, err := imageref.Parse(raw)
 		if err != nil {
 			return apierr.Invalid("image_name", "%v", err)
@@ -78,7 +86,7 @@ func (s *Service) listRollouts(c *fiber.Ctx) error {
 	var afterAt, afterID any
 	if cur != nil {
 		t, err := time.Parse(time.RFC3339Nano, cur[0])
-		if err != nil {
+		if _, uerr := uuid.Parse(cur[1]); err != nil || uerr != nil {
 			return apierr.Invalid("cursor", "not a cursor this list returned")
 		}
 		afterAt, afterID = t, cur[1]
@@ -178,7 +186,7 @@ func (s *Service) listRolloutDevices(c *fiber.Ctx) error {
 	}
 	var afterBatch, afterDevice any
 	if cur != nil {
-		b, err := strconv.Atoi(cur[0])
+		b, err := strconv.ParseInt(cur[0], 10, 32)
 		if err != nil {
 			return apierr.Invalid("cursor", "not a cursor this list returned")
 		}
@@ -241,7 +249,11 @@ func (s *Service) listRolloutEvents(c *fiber.Ctx) error {
 		}
 		after = n
 	}
-	if t := strings.TrimSpace(c.Query("type")); t != "" {
+	t, err := httpio.Query(c, "type", 200)
+	if err != nil {
+		return err
+	}
+	if t != "" {
 		typ = t
 	}
 	rows, err := s.cfg.Pool.Query(c.UserContext(), `SELECT e.id, to_jsonb(e) - 'id' FROM rollout_events e
