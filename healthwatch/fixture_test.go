@@ -332,14 +332,14 @@ func (b *bundle) dispatchCommands(id string) map[string]int {
 	return out
 }
 
-// checkCounters fails unless the rollout's counters equal what its device rows say.
+// checkCounters fails unless the rollout's counters equal a full recount of its device rows.
 func (b *bundle) checkCounters(id string) {
 	b.t.Helper()
-	var updated, failed, healthy, rolledBack int
+	var updated, failed, healthy, rolledBack, storedFailures int
 	var rate float64
 	require.NoError(b.t, b.pool.QueryRow(b.ctx, `SELECT updated_devices, failed_devices, healthy_devices,
-		rolled_back_devices, failure_rate FROM image_rollouts WHERE rollout_id = $1`, id).
-		Scan(&updated, &failed, &healthy, &rolledBack, &rate))
+		rolled_back_devices, failures, failure_rate FROM image_rollouts WHERE rollout_id = $1`, id).
+		Scan(&updated, &failed, &healthy, &rolledBack, &storedFailures, &rate))
 	var wantCompleted, wantFailed, wantRB, failures, finished int
 	require.NoError(b.t, b.pool.QueryRow(b.ctx, `SELECT
 		count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
@@ -351,6 +351,7 @@ func (b *bundle) checkCounters(id string) {
 	require.Equal(b.t, wantCompleted, healthy, "healthy_devices")
 	require.Equal(b.t, wantFailed, failed, "failed_devices")
 	require.Equal(b.t, wantRB, rolledBack, "rolled_back_devices")
+	require.Equal(b.t, failures, storedFailures, "failures")
 	wantRate := 0.0
 	if finished > 0 {
 		wantRate = float64(failures) / float64(finished)
