@@ -160,8 +160,70 @@ func TestDeadLetter(t *testing.T) {
 	require.Equal(t, 1, c.get("test/max_deliver"))
 
 	// Nothing is left for the consumer: both were terminated.
-	info, err := cons.Info(ctx)
+	wait.For(t, 5*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("%d unacknowledged, %d pending", info.NumAckPending, info.NumPending)
+		}
+		return nil
+	})
+}
+
+// TestHandleHoldsWhileDatabaseIsAway: while the handler fails because the database cannot be reached,
+// the message is held (in progress) and the database pinged until it answers; then the handler runs again
+// and the message is acknowledged on its first delivery: the outage spent none of its deliveries.
+func TestHandleHoldsWhileDatabaseIsAway(t *testing.T) {
+	t.Parallel()
+	ns := natstest.New(t)
+	ctx := context.Background()
+	subj := ns.Subjects
+	cons, err := ns.JS.CreateOrUpdateConsumer(ctx, subj.PushesStream(),
+		streams.ConsumerConfig("hold", subj.Push(), 30*time.Second))
 	require.NoError(t, err)
-	require.Zero(t, info.NumAckPending)
-	require.Zero(t, info.NumPending)
+	var pings int
+	s, err := New(Config{JS: ns.JS, Subjects: subj, Consumer: "hold", Log: zerolog.Nop(),
+		Ping: func(context.Context) error {
+			pings++
+			if pings < 3 {
+				return &pgconn.ConnectError{}
+			}
+			return nil
+		}})
+	require.NoError(t, err)
+	_, err = ns.JS.Publish(ctx, subj.Push(), []byte("work"))
+	require.NoError(t, err)
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	var m jetstream.Msg
+	for x := range b.Messages() {
+		m = x
+	}
+	require.NotNil(t, m)
+	calls := 0
+	err = s.Handle(ctx, m, func(context.Context) error {
+		calls++
+		if calls == 1 {
+			return fmt.Errorf("apply: %w", &pgconn.ConnectError{})
+		}
+		return nil
+	}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, calls)
+	require.Equal(t, 3, pings)
+	md, err := m.Metadata()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), md.NumDelivered)
+	wait.For(t, 5*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != 0 || info.NumRedelivered != 0 {
+			return fmt.Errorf("%d unacknowledged, %d redelivered", info.NumAckPending, info.NumRedelivered)
+		}
+		return nil
+	})
 }
