@@ -236,6 +236,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s.Metrics = metrics.New(s.Pool, s.JS, s.Subjects, logging.Component(log, "metrics"))
 	s.app.Use(s.Metrics.Middleware())
 	s.app.Get("/metrics", s.Metrics.Handler())
+	s.registerHealth(s.app) // before the services' routes: every process answers them the same way
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,

@@ -12,12 +12,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gofiber/fiber/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fleetshift/fleetshift/fleetshift/internal/localpg"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
 	"github.com/fleetshift/fleetshift/migrations"
+	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/pg"
 )
@@ -187,4 +189,21 @@ func Migrate(ctx context.Context, cfg config.Config) (string, error) {
 		return "", fmt.Errorf("migrate %s: %s", pg.Redact(url), innermost(err))
 	}
 	return url, nil
+}
+
+// registerHealth mounts GET /healthz (the process is up) and GET /readyz (its database and NATS answer),
+// so every process, whatever its roles, can be probed by an orchestrator.
+func (s *Server) registerHealth(r fiber.Router) {
+	r.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"ok": true}) })
+	r.Get("/readyz", func(c *fiber.Ctx) error {
+		ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Second)
+		defer cancel()
+		if err := s.Pool.Ping(ctx); err != nil {
+			return apierr.New(apierr.ErrUnavailable, "database_unreachable", "database unreachable")
+		}
+		if !s.NC.IsConnected() {
+			return apierr.New(apierr.ErrUnavailable, "nats_unreachable", "NATS unreachable")
+		}
+		return c.JSON(fiber.Map{"ok": true})
+	})
 }
