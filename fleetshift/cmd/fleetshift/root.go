@@ -8,7 +8,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
-		"github.com/fleetshift/fleetshift/shared/config"
+	"github.com/fleetshift/fleetshift/shared/config"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/pg"
 )
