@@ -284,9 +284,7 @@ var cellColor = map[rune]string{cellCompleted: "\x1b[32m", cellFailed: "\x1b[31m
 // barLines draws a header and one line per batch, every line at most width-1 columns (so a terminal
 // never wraps it and a redraw knows how many lines to go back).
 func barLines(s watchState, width int, color bool) []string {
-	if width < 20 {
-		width = 20
-	}
+	width = max(width, 10)
 	limit := width - 1
 	status := s.Status
 	if s.AutoPaused {

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// TestFlagsAreKebabCase: every flag of every operator verb is kebab-case.
+func TestFlagsAreKebabCase(t *testing.T) {
+	kebab := regexp.MustCompile(`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`)
+	var walk func(*cobra.Command)
+	n := 0
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			n++
+			if !kebab.MatchString(f.Name) {
+				t.Errorf("%s: flag --%s is not kebab-case", c.CommandPath(), f.Name)
+			}
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	root := &cobra.Command{Use: "fleetshift"}
+	root.AddCommand(CommandsTo(io.Discard)...)
+	walk(root)
+	if n < 30 {
+		t.Fatalf("only %d flags seen", n)
+	}
+}
+
+// TestBarShowsFailuresApart: a batch with a failed or rolled-back device is never drawn as a full bar of
+// completed cells, however few fail; an unfinished batch is never full either.
+func TestBarShowsFailuresApart(t *testing.T) {
+	for _, b := range []batchState{
+		{Devices: 1000, Completed: 999, Failed: 1},
+		{Devices: 1000, Completed: 999, RolledBack: 1},
+		{Devices: 1000, Completed: 999, InProgress: 1},
+		{Devices: 1000, Completed: 999, Pending: 1},
+		{Devices: 3, Completed: 1, Failed: 2},
+	} {
+		for _, w := range []int{5, 17, 40} {
+			cells := string(barCells(b, w))
+			if utf8.RuneCountInString(cells) != w {
+				t.Fatalf("%+v width %d: %q", b, w, cells)
+			}
+			if strings.Count(cells, "#") == w {
+				t.Fatalf("%+v drawn as a full bar: %q", b, cells)
+			}
+			if b.Failed > 0 && !strings.Contains(cells, "X") || b.RolledBack > 0 && !strings.Contains(cells, "R") {
+				t.Fatalf("%+v: failures not shown: %q", b, cells)
+			}
+		}
+	}
+	if cells := string(barCells(batchState{Devices: 4, Completed: 4}, 8)); cells != "########" {
+		t.Fatalf("complete batch: %q", cells)
+	}
+}
+
+// TestBarLinesFitTheTerminal: at any width every line (escape codes aside) fits in width-1 columns.
+func TestBarLinesFitTheTerminal(t *testing.T) {
+	ansi := regexp.MustCompile(`\x1b\[[0-9;]*m`)
+	st := watchState{Image: "registry.example.test/some/very/long/repository/name", OldTag: "1.0.0-rc1", NewTag: "2.0.0-rc7",
+		Status: "in_progress", AutoPaused: true, Devices: 100000, Updated: 50000, Failed: 1234, RolledBack: 99,
+		Batches: []batchState{{Batch: 1, Devices: 10000, Completed: 9000, Failed: 1000}, {Batch: 2, Devices: 90000, Completed: 40000, Failed: 234, RolledBack: 99, InProgress: 10}}}
+	for w := 1; w <= 200; w++ {
+		for _, color := range []bool{false, true} {
+			for _, l := range barLines(st, w, color) {
+				if n := utf8.RuneCountInString(ansi.ReplaceAllString(l, "")); n > max(w, 10)-1 {
+					t.Fatalf("width %d colour %v: %d columns: %q", w, color, n, l)
+				}
+				if !color && strings.Contains(l, "\x1b") {
+					t.Fatalf("escape code without colour: %q", l)
+				}
+			}
+		}
+	}
+}
+
+// TestTableCellsNeverRawJSON: nested values become counts or comma lists, long text is cut.
+func TestTableCellsNeverRawJSON(t *testing.T) {
+	for _, c := range []struct {
+		in   any
+		want string
+	}{
+		{map[string]any{"a": 1.0, "b": "x"}, "(2 fields)"},
+		{[]any{map[string]any{"a": 1.0}}, "(1 item)"},
+		{[]any{10.0, 50.0, 100.0}, "10,50,100"},
+		{[]any{}, "-"},
+		{"line one\nline two", "line one line two"},
+		{strings.Repeat("x", 100), strings.Repeat("x", 59) + "…"},
+		{0.25, "0.25"},
+		{nil, "-"},
+	} {
+		if got := str(c.in); got != c.want {
+			t.Errorf("str(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	if ExitCode(nil) != 0 || ExitCode(errors.New("x")) != ExitError {
+		t.Fatal("plain errors")
+	}
+	err := fmt.Errorf("wrapped: %w", &ExitCodeError{Code: ExitRolloutPaused, Err: errors.New("paused")})
+	if ExitCode(err) != ExitRolloutPaused {
+		t.Fatal("wrapped exit code lost")
+	}
+}
