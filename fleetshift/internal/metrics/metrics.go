@@ -25,8 +25,9 @@ import (
 
 // Registry is one process's metrics.
 type Registry struct {
-	reg  *prometheus.Registry
-	http *prometheus.HistogramVec
+	reg         *prometheus.Registry
+	http        *prometheus.HistogramVec
+	deadLetters *prometheus.CounterVec
 }
 
 // New returns a registry with Go and process collectors, the HTTP histogram, and a collector reading
@@ -40,10 +41,24 @@ func New(pool *pgxpool.Pool, js jetstream.JetStream, subj streams.Subjects, log 
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	}, []string{"method", "route", "status"})
 	reg.MustRegister(h)
+	dl := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fleetshift_deadletter_total",
+		Help: "Messages a consumer terminated and recorded in the dead-letter stream, by consumer and reason (decode, invalid, data, max_deliver).",
+	}, []string{"consumer", "reason"})
+	reg.MustRegister(dl)
 	if pool != nil {
 		reg.MustRegister(&stateCollector{pool: pool, js: js, subj: subj, log: log})
 	}
-	return &Registry{reg: reg, http: h}
+	return &Registry{reg: reg, http: h, deadLetters: dl}
+}
+
+// DeadLetter counts one message dead-lettered by consumer for reason (fleetshift_deadletter_total). It
+// has the shape of the services' DeadLetterCount hook; a nil Registry counts nothing.
+func (r *Registry) DeadLetter(consumer, reason string) {
+	if r == nil {
+		return
+	}
+	r.deadLetters.WithLabelValues(consumer, reason).Inc()
 }
 
 // Register adds collectors (e.g. a service's counters).

@@ -98,7 +98,8 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		d.Metrics.Register(svc.Collectors()...)
 	}
 	if has(RolePlanner) {
-		svc, err := planner.New(planner.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RolePlanner)})
+		svc, err := planner.New(planner.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RolePlanner),
+			DeadLetterCount: d.Metrics.DeadLetter})
 		if err != nil {
 			return nil, fmt.Errorf("start planner: %w", err)
 		}
@@ -106,7 +107,7 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	}
 	if has(RoleDispatcher) {
 		svc, err := dispatcher.New(dispatcher.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects, Log: logging.Component(d.Log, RoleDispatcher),
-			Now: d.Tune.Now, WindowChunk: d.Tune.WindowChunk})
+			Now: d.Tune.Now, WindowChunk: d.Tune.WindowChunk, DeadLetterCount: d.Metrics.DeadLetter})
 		if err != nil {
 			return nil, fmt.Errorf("start dispatcher: %w", err)
 		}
@@ -114,7 +115,8 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	}
 	if has(RoleHealthwatch) {
 		svc, err := healthwatch.New(healthwatch.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects,
-			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval, Now: d.Tune.Now})
+			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval, Now: d.Tune.Now,
+			DeadLetterCount: d.Metrics.DeadLetter})
 		if err != nil {
 			return nil, fmt.Errorf("start healthwatch: %w", err)
 		}
