@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,6 +85,42 @@ func (b *browser) screenshotOnFailure() {
 		return
 	}
 	b.t.Logf("screenshot of the page at failure: %s", file)
+}
+
+// snapshot saves a screenshot of the page as <name>.png in $FLEETSHIFT_CONSOLE_SNAPSHOTS, when set (to
+// look at every page the test visits).
+func (b *browser) snapshot(name string) {
+	dir := os.Getenv("FLEETSHIFT_CONSOLE_SNAPSHOTS")
+	if dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644)
+	}
+	if err != nil {
+		b.t.Logf("snapshot %s: %v", name, err)
+	}
+}
+
+// fromRepoRoot resolves a relative path against the repository root (where go.work is), so
+// FLEETSHIFT_CONSOLE_SCREENSHOT=docs/console.png means the same from any directory.
+func fromRepoRoot(t *testing.T, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; d != filepath.Dir(d); d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
+			return filepath.Join(d, p)
+		}
+	}
+	return filepath.Join(dir, p)
 }
 
 // do runs steps, failing the test when one does not succeed within 30 s.
@@ -195,6 +233,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitFor("the completion in the timeline", `!!document.querySelector('#r-events li[data-type="image.rollout_completed"]')`, 10*time.Second)
 	b.waitFor("the failure-rate chart with its threshold", `!!document.querySelector('#r-chart svg .thr')`, 10*time.Second)
 	if out := os.Getenv("FLEETSHIFT_CONSOLE_SCREENSHOT"); out != "" {
+		out = fromRepoRoot(t, out)
 		ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
 		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 		cancel()
@@ -233,6 +272,57 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("the page was reloaded (marker %v): updates must arrive live", v)
 	}
 
+	b.snapshot("rollout-paused")
+	b.do("open the list", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts"))
+	b.waitFor("both rollouts listed with their batches", `document.querySelectorAll('#rollouts-body tr[data-rollout] .bar').length === 6`, 20*time.Second)
+	b.snapshot("rollouts")
+
+	// The fleet: every simulated device online, the image versions per fleet, filters by fleet and tag.
+	b.do("open the fleet", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/fleet"))
+	b.waitFor("devices listed", `document.querySelectorAll('#fl-devices tr[data-device]').length === 20`, 20*time.Second)
+	b.waitFor("devices online", `[...document.querySelectorAll('#fl-devices tr[data-device]')].every(tr => tr.textContent.includes('online'))`, 20*time.Second)
+	b.waitFor("image versions per fleet", `[...document.querySelectorAll('#fl-images tr')].some(tr =>
+		tr.textContent.includes('acme/app') && tr.textContent.includes('1.1') && tr.textContent.includes('plant-a'))`, 20*time.Second)
+	b.snapshot("fleet")
+	b.do("filter by another fleet", chromedp.SendKeys(chromedp.CSS("#f-fleet"), "elsewhere\n"), chromedp.Blur(chromedp.CSS("#f-fleet")))
+	b.waitFor("no device in another fleet", `document.querySelectorAll('#fl-devices tr[data-device]').length === 0`, 20*time.Second)
+	b.do("clear the filters", chromedp.Click(chromedp.CSS("#f-clear")))
+	b.waitFor("all devices again", `document.querySelectorAll('#fl-devices tr[data-device]').length === 20`, 20*time.Second)
+	b.do("filter by a tag no device has", chromedp.SendKeys(chromedp.CSS("#f-tag"), "no-such-tag"), chromedp.Blur(chromedp.CSS("#f-tag")))
+	b.waitFor("no device with that tag", `document.querySelectorAll('#fl-devices tr[data-device]').length === 0`, 20*time.Second)
+
+	// Policies: a new one with a validation error shown next to its field, then saved; a preview.
+	b.do("new policy", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/policies"))
+	b.waitFor("policies listed", `document.querySelectorAll('#p-body tr[data-policy]').length === 2`, 20*time.Second)
+	b.snapshot("policies")
+	b.do("open the form", chromedp.Click(chromedp.CSS("#new-policy")))
+	b.waitFor("policy form", `!!document.querySelector('#pf-image_pattern') && document.querySelector('#pf-batch_percentages').value !== ''`, 10*time.Second)
+	b.do("fill the form", chromedp.SendKeys(chromedp.CSS("#pf-image_pattern"), "acme/edge:*"),
+		chromedp.SetValue(chromedp.CSS("#pf-batch_percentages"), "10, 50"), chromedp.Click(chromedp.CSS("#p-save")))
+	b.waitFor("the error next to its field", `!document.querySelector('[data-err="batch_percentages"]').hidden`, 10*time.Second)
+	if got := b.text(`[data-err="batch_percentages"]`); !strings.Contains(got, "100") {
+		t.Fatalf("error shown next to batch_percentages: %q", got)
+	}
+	b.snapshot("policy-error")
+	b.do("fix and save", chromedp.SetValue(chromedp.CSS("#pf-batch_percentages"), "25, 100"), chromedp.Click(chromedp.CSS("#p-save")))
+	b.waitFor("saved: the policy's own page", `/^#\/policies\/\d+$/.test(location.hash) && document.querySelector('#pf-image_pattern').value === 'acme/edge:*'`, 10*time.Second)
+	type policy struct {
+		ImagePattern     string `json:"image_pattern"`
+		BatchPercentages []int  `json:"batch_percentages"`
+	}
+	var saved struct {
+		Policies []policy `json:"policies"`
+	}
+	e.admin("GET", "/api/v1/image-policies", nil, 200).json(t, &saved)
+	if n := len(saved.Policies); n != 3 || !slices.ContainsFunc(saved.Policies, func(p policy) bool {
+		return p.ImagePattern == "acme/edge:*" && slices.Equal(p.BatchPercentages, []int{25, 100})
+	}) {
+		t.Fatalf("policies after saving the form: %+v", saved.Policies)
+	}
+	b.do("preview a push", chromedp.SendKeys(chromedp.CSS("#pv-image"), "acme/app:1.2"), chromedp.Click(chromedp.CSS("#pv-btn")))
+	b.waitFor("the preview", `(document.querySelector('#pv-out')||{}).textContent.includes('acme/app:*')`, 10*time.Second)
+	b.snapshot("policy-preview")
+
 	// A read token sees the same pages and no control buttons.
 	b.signIn(e.srv.HTTPURL, read)
 	if got := b.text("#who-scope"); got != "read" {
@@ -244,7 +334,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("a read token sees %v control buttons, want none", v)
 	}
 	b.do("open policies read-only", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/policies"))
-	b.waitFor("policies listed", `document.querySelectorAll('#p-body tr[data-policy]').length === 2`, 20*time.Second)
+	b.waitFor("policies listed read-only", `document.querySelectorAll('#p-body tr[data-policy]').length === 3`, 20*time.Second)
 	if v, _ := b.eval(`!!document.querySelector('#new-policy')`); v != false {
 		t.Fatal("a read token sees the New policy button")
 	}

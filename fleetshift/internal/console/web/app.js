@@ -8,6 +8,7 @@
   const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
   const main = $('#main');
   const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+  const short = (id) => (String(id).length > 12 ? String(id).slice(0, 8) + '…' : String(id));
   const pct = (x, digits = 1) => (x * 100).toFixed(digits).replace(/\.0+$/, '') + '%';
 
   // ---- session -----------------------------------------------------------------------------------
@@ -72,10 +73,11 @@
     if (rollout) url += '&rollout=' + encodeURIComponent(rollout);
     const es = new EventSource(url);
     const ind = $('#live');
+    ind.hidden = false;
     es.onopen = () => { ind.classList.add('on'); $('#live-text').textContent = 'live'; if (onOpen) onOpen(); };
     es.onerror = () => { ind.classList.remove('on'); $('#live-text').textContent = 'reconnecting'; };
     es.onmessage = (m) => { try { onEvent(normEvent(JSON.parse(m.data))); } catch (_) { /* ignore */ } };
-    return () => { es.close(); ind.classList.remove('on'); $('#live-text').textContent = 'offline'; };
+    return () => { es.close(); ind.classList.remove('on'); ind.hidden = true; $('#live-text').textContent = 'connecting'; };
   }
 
   // normEvent gives stream events (streams.EventV1) and listed events (rollout_events rows) one shape.
@@ -344,7 +346,7 @@
       const shown = events.slice(-300).reverse();
       $('#r-events').innerHTML = shown.length ? shown.map((e, i) => `<li class="${fresh && i === 0 ? 'fresh' : ''}" data-type="${esc(e.type)}">
         <span class="t" title="${esc(fmtDate(e.at))}">${esc(fmtTime(e.at))}</span><span class="d ${eventTone(e.type)}"></span>
-        <div><span class="what">${esc(label(String(e.type || '').replace(/^image\./, '')))}</span>${e.device ? ` <span class="mono sub">${esc(e.device)}</span>` : ''}
+        <div><span class="what">${esc(label(String(e.type || '').replace(/^image\./, '')))}</span>${e.device ? ` <span class="mono sub" title="${esc(e.device)}">${esc(short(e.device))}</span>` : ''}
         ${e.message ? `<div class="m">${esc(e.message)}</div>` : ''}${e.actor ? `<div class="sub">by ${esc(e.actor)}</div>` : ''}</div></li>`).join('')
         : '<li class="empty" style="display:block">No events yet.</li>';
     };
@@ -625,6 +627,7 @@
       }));
       if (bad) return;
       if (body.batch_delay_seconds != null) delete body.batch_delay_minutes;
+      if (body.batch_percentages) delete body.staged_batches; // the number of batches follows the list
       try {
         const saved = await api(isNew ? 'POST' : 'PUT', isNew ? '/api/v1/image-policies' : '/api/v1/image-policies/' + id, body);
         if (isNew) { location.hash = '#/policies/' + saved.id; return; }
