@@ -1,6 +1,7 @@
 package streams
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 	"time"
@@ -125,9 +126,14 @@ type ReportedApp struct {
 type ReportedServices []ReportedService
 
 // UnmarshalJSON implements json.Unmarshaler.
+// The shape is chosen by the first byte, so a decode error names the field inside the services that is
+// wrong (apps.services.health), not the shape of the services.
 func (r *ReportedServices) UnmarshalJSON(b []byte) error {
-	var list []ReportedService
-	if err := json.Unmarshal(b, &list); err == nil {
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '[' {
+		var list []ReportedService
+		if err := json.Unmarshal(b, &list); err != nil {
+			return err
+		}
 		*r = list
 		return nil
 	}

@@ -49,6 +49,8 @@ type Options struct {
 	// Healthwatch runs healthwatch, the one writer of device_current_state (reports reach it through
 	// the REPORTS stream).
 	Healthwatch bool
+	// SkipReady does not wait for /readyz (a test of an unreachable database).
+	SkipReady bool
 	// Device tunes the device API (limits).
 	Device deviceapi.Config
 }
@@ -94,6 +96,9 @@ func Setup(t *testing.T, o Options) *Env {
 	app := fiber.New(fiber.Config{ErrorHandler: apierr.FiberErrorHandler})
 	svc.Register(app)
 	e := &Env{t: t, DB: o.DB, NATS: o.NATS, Svc: svc, App: app, Ctx: ctx}
+	if o.SkipReady {
+		return e
+	}
 	// Run is live once its subscriptions exist; readyz needs the database and NATS.
 	wait.For(t, 10*time.Second, func() error {
 		if res := e.Do("GET", "/readyz", nil, nil); res.Status != 200 {
