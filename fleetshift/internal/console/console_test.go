@@ -27,6 +27,7 @@ import (
 
 // bundle is a console on its own listener over a test database and embedded JetStream.
 type bundle struct {
+	app         *fiber.App
 	url         string
 	db          *pgtest.DB
 	nats        *natstest.Server
@@ -52,7 +53,7 @@ func setup(t *testing.T) *bundle {
 	t.Cleanup(func() { _ = app.ShutdownWithTimeout(5 * time.Second) })
 	_, read, err := ops.CreateToken(context.Background(), "viewer", auth.ScopeRead)
 	require.NoError(t, err)
-	return &bundle{url: "http://" + ln.Addr().String(), db: db, nats: ns, read: read, admin: "admin-token"}
+	return &bundle{app: app, url: "http://" + ln.Addr().String(), db: db, nats: ns, read: read, admin: "admin-token"}
 }
 
 func (b *bundle) get(t *testing.T, path, token string, headers ...string) (*http.Response, []byte) {
@@ -249,6 +250,27 @@ func TestStreamHeartbeatsAndStopsWithItsClient(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestStreamEndsAtShutdown: an open stream does not hold the server's shutdown: it ends, and the
+// client sees the end of the answer.
+func TestStreamEndsAtShutdown(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	s := b.open(t, "?token="+b.read)
+	s.waitComment(t, "connected")
+	require.NoError(t, b.app.ShutdownWithTimeout(10*time.Second))
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-s.lines:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the stream is still open after shutdown")
+		}
+	}
 }
 
 // TestWhoamiAndImages: whoami names the token's scope; images counts target images per fleet, filtered
