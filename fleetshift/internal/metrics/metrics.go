@@ -1,6 +1,8 @@
 // Package metrics exposes fleetshift's Prometheus metrics (names prefixed fleetshift_): HTTP latency, and
-// at scrape time rollouts by status, devices by rollout status, JetStream consumer backlogs and stream
-// throughput counters.
+// at scrape time rollouts by status, auto-paused rollouts, active rollouts' failure rates, devices by
+// rollout status, registered and online devices, the outbox backlog, notification deliveries by status,
+// JetStream consumer backlogs and stream throughput counters. deploy/monitoring's dashboard and alert
+// rules use only these (TestMonitoringNamesExportedMetrics).
 package metrics
 
 import (
@@ -103,7 +105,21 @@ var (
 	descPending  = prometheus.NewDesc("fleetshift_jetstream_consumer_pending", "Messages not yet delivered to a consumer.", []string{"stream", "consumer"}, nil)
 	descAckPend  = prometheus.NewDesc("fleetshift_jetstream_consumer_ack_pending", "Messages delivered to a consumer and not yet acknowledged.", []string{"stream", "consumer"}, nil)
 	descMsgs     = prometheus.NewDesc("fleetshift_stream_messages_total", "Messages ever stored in a stream (its last sequence): webhook pushes, dispatched targets, device reports, events.", []string{"stream"}, nil)
+
+	descAutoPaused   = prometheus.NewDesc("fleetshift_rollouts_auto_paused", "Rollouts paused automatically (failure rate above the policy's limit) and not yet resumed.", nil, nil)
+	descFailureRate  = prometheus.NewDesc("fleetshift_rollout_failure_rate", "Failure rate of each active rollout (failed / finished devices).", []string{"rollout_id", "image_name", "new_tag"}, nil)
+	descRegistered   = prometheus.NewDesc("fleetshift_devices_registered", "Devices registered and not revoked.", nil, nil)
+	descOnline       = prometheus.NewDesc("fleetshift_devices_online", "Registered devices seen (report or heartbeat) in the last OnlineWindow (5 minutes).", nil, nil)
+	descOutboxRows   = prometheus.NewDesc("fleetshift_outbox_backlog", "Outbox rows (messages or bundles of messages) written and not yet published to JetStream.", nil, nil)
+	descOutboxAge    = prometheus.NewDesc("fleetshift_outbox_oldest_age_seconds", "Age of the oldest outbox row not yet published (0 when empty).", nil, nil)
+	descNotifyStatus = prometheus.NewDesc("fleetshift_notification_deliveries", "Webhook notification deliveries by status (pending, delivered, failed).", []string{"status"}, nil)
 )
+
+// OnlineWindow is how recently a device must have been seen to count as online.
+const OnlineWindow = 5 * time.Minute
+
+// ConsumerNotifier is the notifier's durable on the EVENTS stream (fleetshift/internal/notify).
+const ConsumerNotifier = "notifier"
 
 type stateCollector struct {
 	pool *pgxpool.Pool
@@ -113,7 +129,8 @@ type stateCollector struct {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRollouts, descDevices, descPending, descAckPend, descMsgs} {
+	for _, d := range []*prometheus.Desc{descRollouts, descDevices, descPending, descAckPend, descMsgs, descAutoPaused,
+		descFailureRate, descRegistered, descOnline, descOutboxRows, descOutboxAge, descNotifyStatus} {
 		ch <- d
 	}
 }
@@ -125,6 +142,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c.countBy(ctx, ch, descDevices, `SELECT d.status, count(*) FROM device_rollout_status d
 		JOIN image_rollouts r ON r.rollout_id = d.rollout_id
 		WHERE r.status IN ('pending','scheduled','in_progress','paused','awaiting_approval') GROUP BY d.status`)
+	c.gauges(ctx, ch, `SELECT
+			(SELECT count(*) FROM image_rollouts WHERE status = 'paused' AND auto_paused),
+			(SELECT count(*) FROM devices WHERE revoked_at IS NULL),
+			(SELECT count(*) FROM devices WHERE revoked_at IS NULL AND last_seen_at > now() - make_interval(secs => $1)),
+			(SELECT count(*) FROM outbox),
+			coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)`,
+		[]any{OnlineWindow.Seconds()}, descAutoPaused, descRegistered, descOnline, descOutboxRows, descOutboxAge)
+	c.failureRates(ctx, ch)
+	c.notificationStatuses(ctx, ch)
 	if c.js == nil {
 		return
 	}
@@ -132,6 +158,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		{c.subj.PushesStream(), streams.ConsumerPlanner},
 		{c.subj.CommandsStream(), streams.ConsumerDispatcher},
 		{c.subj.ReportsStream(), streams.ConsumerHealthwatch},
+		{c.subj.EventsStream(), ConsumerNotifier},
 	} {
 		cons, err := c.js.Consumer(ctx, pair[0], pair[1])
 		if err != nil {
@@ -171,5 +198,62 @@ func (c *stateCollector) countBy(ctx context.Context, ch chan<- prometheus.Metri
 			return
 		}
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(n), status)
+	}
+}
+
+// gauges reads one row of numbers and emits each as the label-less gauge of the same position.
+func (c *stateCollector) gauges(ctx context.Context, ch chan<- prometheus.Metric, q string, args []any, ds ...*prometheus.Desc) {
+	vals := make([]float64, len(ds))
+	ptrs := make([]any, len(ds))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := c.pool.QueryRow(ctx, q, args...).Scan(ptrs...); err != nil {
+		c.log.Warn().Err(err).Msg("metrics: query failed")
+		return
+	}
+	for i, d := range ds {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, vals[i])
+	}
+}
+
+// failureRates emits the failure rate of every active rollout (few at a time, so the label set stays small).
+func (c *stateCollector) failureRates(ctx context.Context, ch chan<- prometheus.Metric) {
+	rows, err := c.pool.Query(ctx, `SELECT rollout_id::text, image_name, new_tag, failure_rate FROM image_rollouts
+		WHERE status IN ('pending','scheduled','in_progress','paused','awaiting_approval')`)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("metrics: query failed")
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, image, tag string
+		var rate float64
+		if err := rows.Scan(&id, &image, &tag, &rate); err != nil {
+			return
+		}
+		ch <- prometheus.MustNewConstMetric(descFailureRate, prometheus.GaugeValue, rate, id, image, tag)
+	}
+}
+
+// notificationStatuses emits deliveries by status, every status present (0 when none).
+func (c *stateCollector) notificationStatuses(ctx context.Context, ch chan<- prometheus.Metric) {
+	counts := map[string]float64{"pending": 0, "delivered": 0, "failed": 0}
+	rows, err := c.pool.Query(ctx, `SELECT status, count(*) FROM notification_deliveries GROUP BY status`)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("metrics: query failed")
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int64
+		if err := rows.Scan(&status, &n); err != nil {
+			return
+		}
+		counts[status] = float64(n)
+	}
+	for status, n := range counts {
+		ch <- prometheus.MustNewConstMetric(descNotifyStatus, prometheus.GaugeValue, n, status)
 	}
 }

@@ -32,12 +32,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/metrics"
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
 // ConsumerNotifier is the notifier's durable consumer on the EVENTS stream.
-const ConsumerNotifier = "notifier"
+const ConsumerNotifier = metrics.ConsumerNotifier
 
 // Headers of every notification request.
 const (
@@ -106,11 +107,14 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notify: %w", err)
 	}
-	return &Service{cfg: cfg, log: cfg.Log, settler: settler, wake: make(chan struct{}, 1),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fleetshift_notification_attempts_total",
-			Help: "Webhook notification attempts by outcome: delivered, retry (failed, will be retried), failed (gave up).",
-		}, []string{"outcome"})}, nil
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fleetshift_notification_attempts_total",
+		Help: "Webhook notification attempts by outcome: delivered, retry (failed, will be retried), failed (gave up).",
+	}, []string{"outcome"})
+	for _, o := range []string{"delivered", "retry", "failed"} {
+		sent.WithLabelValues(o) // exported from the start, so rate() and alerts see a zero before the first attempt
+	}
+	return &Service{cfg: cfg, log: cfg.Log, settler: settler, wake: make(chan struct{}, 1), sent: sent}, nil
 }
 
 // Collectors are the notifier's metrics.
