@@ -264,8 +264,8 @@
     main.innerHTML = `<div class="crumbs"><a href="#/rollouts">Rollouts</a> / <span class="mono">${esc(id)}</span></div>
       <div class="page-head"><h1 id="r-title" class="mono">Rollout</h1><span id="r-status"></span><span class="spacer"></span>
       <div class="controls" id="controls"></div></div>
-      <div class="msg" id="ctl-msg" hidden></div>
       <div class="sub" id="r-meta" style="margin:-8px 0 14px"></div>
+      <div class="msg" id="ctl-msg" style="margin:0 0 14px" hidden></div>
       <div class="cards" id="r-cards"></div>
       <div class="grid2">
         <div class="panel"><h2>Batches</h2><div id="r-batches"></div><div style="margin-top:10px">${LEGEND}</div></div>
