@@ -121,8 +121,8 @@ func (s *Service) natsRequest(ctx context.Context, m *nats.Msg) (Result, error) 
 	if verb == Rollback && device == "" {
 		var req Request
 		if len(strings.TrimSpace(string(m.Data))) > 0 {
-			if err := json.Unmarshal(m.Data, &req); err != nil {
-				return Result{}, apierr.Invalid("body", "not a JSON object: %v", err)
+			if err := apierr.DecodeJSON(m.Data, &req, false); err != nil {
+				return Result{}, err
 			}
 		}
 		if req.DeviceUUID == "" {
