@@ -181,6 +181,9 @@ var errPermanent = errors.New("malformed command")
 // database is unreachable the command is held and run again once it answers.
 func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With().Str("subject", m.Subject()).Logger()
+	if !s.settler.Admit(ctx, m) {
+		return
+	}
 	kind, id, ok := s.parseSubject(m.Subject())
 	if !ok || kind != streams.CommandDispatch {
 		s.settler.DeadLetter(ctx, m, consume.ReasonInvalid, fmt.Errorf("rollout command of unknown kind %q", kind))

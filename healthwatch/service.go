@@ -175,6 +175,9 @@ type item struct {
 func (s *Service) handle(ctx context.Context, msgs []jetstream.Msg) {
 	items := make([]item, 0, len(msgs))
 	for _, m := range msgs {
+		if !s.settler.Admit(ctx, m) {
+			continue
+		}
 		rep, ok, err := s.decode(m)
 		switch {
 		case err != nil:

@@ -112,6 +112,9 @@ func (s *Service) handleMsg(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Nak() // shutting down: let another replica (or the next start) have it
 		return
 	}
+	if !s.settler.Admit(ctx, msg) {
+		return
+	}
 	var push streams.PushV1
 	if err := json.Unmarshal(msg.Data(), &push); err != nil {
 		s.settler.DeadLetter(ctx, msg, consume.ReasonDecode, fmt.Errorf("decode push: %w", err))

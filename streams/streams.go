@@ -30,8 +30,9 @@ const (
 	ConsumerHealthwatch = "healthwatch"
 )
 
-// MaxDeliver is how often a message is delivered to a consumer before it gives up on it: a consumer
-// dead-letters a message that still fails on its MaxDeliver-th delivery.
+// MaxDeliver is how often a message may be delivered to a consumer: a message that still fails on its
+// MaxDeliver-th delivery, or arrives for a later one (its handler kept dying), is dead-lettered. The
+// consumers enforce it (shared/consume), not JetStream, so that no message is ever dropped unrecorded.
 const MaxDeliver = 20
 
 // Headers of a dead-lettered message (its payload is the original message's).
@@ -229,7 +230,8 @@ func (s Subjects) Ensure(ctx context.Context, js jetstream.JetStream, o Options)
 }
 
 // ConsumerConfig returns the shared durable consumer a service uses on a stream. Several replicas bind
-// to the same durable and share its messages. A message is delivered at most MaxDeliver times.
+// to the same durable and share its messages. JetStream redelivers without limit; the consumer
+// dead-letters a message past MaxDeliver deliveries.
 func ConsumerConfig(durable string, filter string, ackWait time.Duration) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       durable,
@@ -237,7 +239,7 @@ func ConsumerConfig(durable string, filter string, ackWait time.Duration) jetstr
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       ackWait,
-		MaxDeliver:    MaxDeliver,
+		MaxDeliver:    -1,
 		MaxAckPending: 1000,
 		BackOff:       nil,
 	}

@@ -180,6 +180,18 @@ func (s *Settler) Fail(ctx context.Context, msg jetstream.Msg, err error) Outcom
 	return Retried
 }
 
+// Admit dead-letters msg, reason max_deliver, when it has been delivered more than MaxDeliver times
+// already (its handler kept dying before settling it: a crash loop) and returns false; otherwise it
+// returns true and the message should be handled.
+func (s *Settler) Admit(ctx context.Context, msg jetstream.Msg) bool {
+	md, err := msg.Metadata()
+	if err != nil || md.NumDelivered <= uint64(s.cfg.MaxDeliver) {
+		return true
+	}
+	s.DeadLetter(ctx, msg, ReasonMaxDeliver, fmt.Errorf("delivered %d times without being settled", md.NumDelivered))
+	return false
+}
+
 // delay is the redelivery delay after the n-th delivery: 1s, 2s, 4s ... up to MaxDelay.
 func (s *Settler) delay(n uint64) time.Duration {
 	return min(time.Second<<min(max(n, 1)-1, 10), s.cfg.MaxDelay)

@@ -227,3 +227,43 @@ func TestHandleHoldsWhileDatabaseIsAway(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAdmitDeadLettersACrashLoop: a message whose handler keeps dying before settling it (redelivered
+// only by the ack wait) is dead-lettered, reason max_deliver, once it arrives past MaxDeliver
+// deliveries; JetStream never drops it on its own.
+func TestAdmitDeadLettersACrashLoop(t *testing.T) {
+	t.Parallel()
+	ns := natstest.New(t)
+	ctx := context.Background()
+	subj := ns.Subjects
+	cfg := streams.ConsumerConfig("loop", subj.Push(), 200*time.Millisecond)
+	require.Equal(t, -1, cfg.MaxDeliver, "JetStream must not drop messages unrecorded")
+	cons, err := ns.JS.CreateOrUpdateConsumer(ctx, subj.PushesStream(), cfg)
+	require.NoError(t, err)
+	s, err := New(Config{JS: ns.JS, Subjects: subj, Consumer: "loop", Log: zerolog.Nop(), MaxDeliver: 2})
+	require.NoError(t, err)
+	_, err = ns.JS.Publish(ctx, subj.Push(), []byte("kills its handler"))
+	require.NoError(t, err)
+	admitted := 0
+	wait.For(t, 20*time.Second, func() error {
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(100*time.Millisecond))
+		if err != nil {
+			return err
+		}
+		for m := range b.Messages() {
+			if s.Admit(ctx, m) {
+				admitted++ // ... and the handler dies: no ack, no nak
+				continue
+			}
+			return nil
+		}
+		return errors.New("not dead-lettered yet")
+	})
+	require.Equal(t, 2, admitted)
+	dl, err := ns.JS.Stream(ctx, subj.DeadLetterStream())
+	require.NoError(t, err)
+	m, err := dl.GetMsg(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ReasonMaxDeliver, m.Header.Get(streams.HeaderDLReason))
+	require.Equal(t, "3", m.Header.Get(streams.HeaderDLDelivery))
+}
