@@ -63,6 +63,12 @@ func TestBarShowsFailuresApart(t *testing.T) {
 	if cells := string(barCells(batchState{Devices: 4, Completed: 4}, 8)); cells != "########" {
 		t.Fatalf("complete batch: %q", cells)
 	}
+	// A finished batch fills its bar: no cell looks pending.
+	for w := 3; w <= 60; w++ {
+		if cells := string(barCells(batchState{Devices: 3, Completed: 2, Failed: 1}, w)); strings.Contains(cells, ".") {
+			t.Fatalf("finished batch, width %d: %q", w, cells)
+		}
+	}
 }
 
 // TestBarLinesFitTheTerminal: at any width every line (escape codes aside) fits in width-1 columns.

@@ -290,8 +290,12 @@ func barLines(s watchState, width int, color bool) []string {
 	if s.AutoPaused {
 		status += " (auto-paused)"
 	}
-	lines := []string{cut(fmt.Sprintf("%s %s -> %s  %s  updated %d  failed %d  rolled back %d  of %d",
-		s.Image, dash(s.OldTag), s.NewTag, status, s.Updated, s.Failed, s.RolledBack, s.Devices), limit)}
+	header := fmt.Sprintf("%s %s -> %s  %s  updated %d  failed %d  rolled back %d  of %d",
+		s.Image, dash(s.OldTag), s.NewTag, status, s.Updated, s.Failed, s.RolledBack, s.Devices)
+	if len(header) > limit { // narrow: the numbers first, names last
+		header = fmt.Sprintf("%s %d/%d failed %d %s:%s", status, s.Updated, s.Devices, s.Failed+s.RolledBack, s.Image, s.NewTag)
+	}
+	lines := []string{cut(header, limit)}
 	for _, b := range s.Batches {
 		prefix := fmt.Sprintf("batch %d ", b.Batch)
 		suffix := fmt.Sprintf(" %d/%d", b.Completed, b.Devices)
@@ -312,24 +316,47 @@ func barLines(s watchState, width int, color bool) []string {
 	return lines
 }
 
-// barCells splits width cells among the batch's devices; any failed or rolled-back device gets at least
-// one cell, so a batch with failures never looks complete.
+// barCells splits width cells among the batch's devices by cumulative rounding (a finished batch fills
+// the bar); any failed or rolled-back device gets at least one cell, and a batch not entirely completed
+// is never a full bar of completed cells.
 func barCells(b batchState, width int) []rune {
 	total := max(b.Devices, 1)
 	parts := []struct {
 		r rune
 		n int
 	}{{cellCompleted, b.Completed}, {cellFailed, b.Failed}, {cellRolledBack, b.RolledBack}, {cellInProgress, b.InProgress}}
+	counts := make([]int, len(parts))
+	cum, prev := 0, 0
+	for i, p := range parts {
+		cum += p.n
+		edge := min((cum*width+total/2)/total, width)
+		counts[i] = edge - prev
+		prev = edge
+	}
+	// Failures must show: take a cell from the largest other part when rounding left them none.
+	for i, p := range parts {
+		if p.n > 0 && counts[i] == 0 && (p.r == cellFailed || p.r == cellRolledBack) {
+			j := 0
+			for k := range counts {
+				if counts[k] > counts[j] {
+					j = k
+				}
+			}
+			if counts[j] > 1 {
+				counts[j]--
+				counts[i]++
+			}
+		}
+	}
+	if counts[0] == width && b.Completed < b.Devices {
+		counts[0]-- // leaves a pending or in-progress cell
+		if b.InProgress > 0 {
+			counts[3]++
+		}
+	}
 	out := make([]rune, 0, width)
-	for _, p := range parts {
-		n := p.n * width / total
-		if p.n > 0 && n == 0 {
-			n = 1
-		}
-		if p.r == cellCompleted && p.n < b.Devices && n == width {
-			n = width - 1 // not every device completed: never a full bar
-		}
-		for i := 0; i < n && len(out) < width; i++ {
+	for i, p := range parts {
+		for range counts[i] {
 			out = append(out, p.r)
 		}
 	}
