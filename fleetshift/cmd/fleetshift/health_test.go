@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
 	"github.com/fleetshift/fleetshift/shared/broker"
 	"github.com/fleetshift/fleetshift/shared/natstest"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
@@ -22,7 +23,7 @@ func TestSingleServicesServeHealth(t *testing.T) {
 		"FLEETSHIFT_ADMIN_TOKEN": "admin-tok", "FLEETSHIFT_WEBHOOK_TOKEN": "hook-tok",
 	}
 	procs := map[string]*started{}
-	for _, role := range []string{"ingest", "planner", "dispatcher", "healthwatch", "stateapi"} {
+	for _, role := range server.AllRoles {
 		e := processEnv(t, env)
 		p := start(t, e, role)
 		procs[role] = p

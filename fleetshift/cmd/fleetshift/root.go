@@ -25,7 +25,7 @@ func newRootCmd() *cobra.Command {
 	for _, role := range server.AllRoles {
 		root.AddCommand(serveCmd(role, "Run the "+role+" service alone against NATS_URL and DATABASE_URL", []string{role}, false))
 	}
-	root.AddCommand(migrateCmd(), issuerCmd(), demoCmd())
+	root.AddCommand(migrateCmd(), secretsCmd(), demoCmd())
 	root.AddCommand(cli.Commands()...)
 	return root
 }

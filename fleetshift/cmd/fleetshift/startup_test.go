@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
 )
 
@@ -49,7 +50,7 @@ func TestStartupFailuresAreOneLine(t *testing.T) {
 		{"migrate/bad database url", []string{"migrate"}, map[string]string{"DATABASE_URL": badURL},
 			[]string{"migrate:", "DATABASE_URL is not a usable PostgreSQL URL"}},
 	}
-	for _, role := range []string{"ingest", "planner", "dispatcher", "healthwatch", "stateapi"} {
+	for _, role := range server.AllRoles {
 		base := with(tokens, "DATABASE_URL", db.URL, "NATS_URL", natsDown)
 		cases = append(cases,
 			tc{role + "/port busy", []string{role}, with(base, "FLEETSHIFT_HTTP_ADDR", busyAddr(t)), []string{role + ":", "already in use"}},
@@ -89,6 +90,7 @@ func TestSeparateServicesRequireOnlyTheirTokens(t *testing.T) {
 		{"planner", map[string]string{}, []string{"cannot reach NATS"}},
 		{"dispatcher", map[string]string{}, []string{"cannot reach NATS"}},
 		{"healthwatch", map[string]string{}, []string{"cannot reach NATS"}},
+		{"notifier", map[string]string{}, []string{"cannot reach NATS"}},
 	}
 	for _, c := range cases {
 		t.Run(c.role, func(t *testing.T) {

@@ -394,10 +394,10 @@ func printBanner(w io.Writer, s *Server, toks tokens, all bool) {
 	fmt.Fprintf(w, "\nfleetshift is up\n")
 	fmt.Fprintf(w, "  HTTP API        %s\n", s.HTTPURL)
 	fmt.Fprintf(w, "  NATS            %s\n", s.NATSURL)
-	fmt.Fprintf(w, "  database        %s\n", pg.Redact(s.DatabaseURL))
 	if s.LocalPG != nil {
 		fmt.Fprintf(w, "  PostgreSQL      own cluster in %s (log %s), stopped with fleetshift\n", s.LocalPG.Dir, s.LocalPG.LogFile)
 	}
+	fmt.Fprintf(w, "  database        %s\n", pg.Redact(s.DatabaseURL))
 	if toks.admin.Generated {
 		fmt.Fprintf(w, "  admin token     %s   (generated; saved in the data dir, shown only now)\n", s.AdminToken)
 	}
