@@ -191,7 +191,7 @@ func (s *Service) handle(ctx context.Context, msgs []jetstream.Msg) {
 	if len(items) == 0 {
 		return
 	}
-	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetchWait)
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	groups := s.groupByRollout(gctx, items)
 	cancel()
 	sem := make(chan struct{}, s.workers)
@@ -380,37 +380,55 @@ func (s *Service) parseReport(subject string, data []byte, at time.Time) (report
 	return report{device: device, body: doc.rep, raw: doc.raw, at: at}, true, nil
 }
 
+// runTimers runs the timers every tick; while the database is unreachable it waits longer between runs
+// (doubling up to 5 s) and logs the outage once.
 func (s *Service) runTimers(ctx context.Context) {
 	t := time.NewTicker(s.tick)
 	defer t.Stop()
+	pause := s.tick
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		s.timersOnce(ctx)
+		if !s.timersOnce(ctx) {
+			pause = s.tick
+			continue
+		}
+		if !sleep(ctx, pause) {
+			return
+		}
+		pause = min(pause*2, 5*time.Second)
 	}
 }
 
 // timersOnce runs every timer once: health timeouts, the sweep, due batches, lost dispatches,
-// maintenance windows of scheduled rollouts.
-func (s *Service) timersOnce(ctx context.Context) {
-	if _, err := s.failTimedOut(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Msg("health timeouts")
+// maintenance windows of scheduled rollouts. It stops at the first step that finds the database
+// unreachable and returns true then.
+func (s *Service) timersOnce(ctx context.Context) (unreachable bool) {
+	steps := []struct {
+		name string
+		run  func(context.Context) (int, error)
+	}{
+		{"health timeouts", s.failTimedOut},
+		{"rollout sweep", s.sweep},
+		{"due batches", s.startDueBatches},
+		{"lost dispatches", s.retryLostDispatches},
+		{"maintenance windows", s.openWindows},
 	}
-	if _, err := s.sweep(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Msg("rollout sweep")
+	for _, st := range steps {
+		_, err := st.run(ctx)
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		if consume.Unavailable(err) {
+			s.log.Debug().Err(err).Msg("timers: database unreachable; backing off")
+			return true
+		}
+		s.log.Warn().Err(err).Msg(st.name)
 	}
-	if _, err := s.startDueBatches(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Msg("due batches")
-	}
-	if _, err := s.retryLostDispatches(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Msg("lost dispatches")
-	}
-	if _, err := s.openWindows(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Msg("maintenance windows")
-	}
+	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
