@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -83,13 +82,18 @@ func runCmd() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
+			// Compose first: a device that cannot run containers must not register.
+			composeArgv, err := composeCommand(ctx, composeCmd, docker)
+			if err != nil {
+				return err
+			}
 			id, err := device.Provision(ctx, stateDir, api, provKey, name, tags)
 			if err != nil {
 				return err
 			}
 			log = log.With().Str("device", id.UUID).Logger()
 			rt, err := compose.New(compose.Config{StateDir: stateDir, Docker: docker, LockTimeout: lockTimeout, Log: log,
-				Compose: composeCommand(ctx, composeCmd, docker), ProjectPrefix: projectPrefix})
+				Compose: composeArgv, ProjectPrefix: projectPrefix})
 			if err != nil {
 				return err
 			}
@@ -192,16 +196,10 @@ func simCmd() *cobra.Command {
 }
 
 // composeCommand resolves --compose: "auto" is `docker compose` when the v2 plugin answers, else
-// docker-compose (v1) when it is on PATH; anything else is split on spaces.
-func composeCommand(ctx context.Context, flag, docker string) []string {
+// docker-compose (v1) when it is on PATH, else an error; anything else is split on spaces.
+func composeCommand(ctx context.Context, flag, docker string) ([]string, error) {
 	if flag != "auto" && flag != "" {
-		return strings.Fields(flag)
+		return strings.Fields(flag), nil
 	}
-	if exec.CommandContext(ctx, docker, "compose", "version").Run() == nil {
-		return []string{docker, "compose"}
-	}
-	if p, err := exec.LookPath("docker-compose"); err == nil {
-		return []string{p}
-	}
-	return []string{docker, "compose"}
+	return compose.DetectCommand(ctx, docker)
 }

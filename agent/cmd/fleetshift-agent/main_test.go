@@ -88,3 +88,24 @@ func TestSimCommand(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRunWithoutComposeSaysSoBeforeRegistering: with neither `docker compose` nor docker-compose on
+// PATH, `run` stops with one line naming both, and never registers the device.
+func TestRunWithoutComposeSaysSoBeforeRegistering(t *testing.T) {
+	srv := fleettest.New(t, fleettest.Options{NoNATS: true})
+	t.Setenv("PATH", t.TempDir()) // neither docker nor docker-compose
+	cmd := rootCmd()
+	cmd.SetArgs([]string{"run", "--server", srv.HTTP.URL, "--provisioning-key", fleettest.ProvisioningKey,
+		"--state-dir", t.TempDir(), "--transport", "http", "--log-level", "error"})
+	err := cmd.ExecuteContext(context.Background())
+	if err == nil {
+		t.Fatal("run without Docker Compose succeeded")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "\n") || !strings.Contains(msg, "docker compose") || !strings.Contains(msg, "docker-compose") {
+		t.Fatalf("error is not one line naming both commands: %q", msg)
+	}
+	if n := srv.Registrations.Load(); n != 0 {
+		t.Fatalf("%d registrations before the compose check", n)
+	}
+}
