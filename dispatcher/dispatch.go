@@ -13,6 +13,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -50,27 +51,18 @@ type rollout struct {
 	totalBatches   int
 	notStarted     bool
 	healthTimeoutS float64
-	// healthCheck is the policy's health_check_config (health checks on, config not empty): it is handed
-	// to the devices with the new image, as each moved service's "healthCheck".
+	// healthCheck is the check handed to the devices with the new image, as each moved service's
+	// "healthCheck" (policy.HealthCheck; nil when checks are off or not configured).
 	healthCheck map[string]any
 }
 
-// serviceFields are the fields set on every service the dispatch moves: the policy's health check, with
-// the policy's timeout as its overall deadline unless the config sets one.
+// serviceFields are the fields set on every service the dispatch moves: the policy's health check
+// (policy.HealthCheck: its config, with the policy's timeout as its overall deadline unless it sets one).
 func (r rollout) serviceFields() map[string]any {
 	if len(r.healthCheck) == 0 {
 		return nil
 	}
-	hc := make(map[string]any, len(r.healthCheck)+1)
-	for k, v := range r.healthCheck {
-		hc[k] = v
-	}
-	if _, ok := hc["deadline_seconds"]; !ok {
-		if _, ok := hc["health_check_timeout_seconds"]; !ok {
-			hc["health_check_timeout_seconds"] = r.healthTimeoutS
-		}
-	}
-	return map[string]any{"healthCheck": hc}
+	return map[string]any{"healthCheck": r.healthCheck}
 }
 
 // outcome is what the rewrite decided for one candidate.
@@ -117,26 +109,24 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
 	var r rollout
+	var livePolicy, snapshot []byte
 	err = tx.QueryRow(ctx, `
 		SELECT r.status, r.repository, r.new_image, r.new_tag, r.current_batch, r.total_batches,
 		       r.current_batch = 0, -- never dispatched: the planner sets started_at, so it cannot tell
-		       COALESCE(CASE WHEN jsonb_typeof(r.policy->'health_check_timeout_seconds') = 'number'
-		                     THEN (r.policy->>'health_check_timeout_seconds')::double precision END,
-		                p.health_check_timeout_seconds, 300),
-		       CASE WHEN COALESCE((r.policy->>'health_check_enabled')::boolean, p.health_check_enabled, true)
-		                 AND jsonb_typeof(COALESCE(r.policy->'health_check_config', p.health_check_config)) = 'object'
-		                 AND COALESCE(r.policy->'health_check_config', p.health_check_config) <> '{}'::jsonb
-		            THEN COALESCE(r.policy->'health_check_config', p.health_check_config) END
+		       to_jsonb(p), r.policy
 		FROM image_rollouts r LEFT JOIN image_update_policies p ON p.id = r.policy_id
 		WHERE r.rollout_id = $1
 		FOR UPDATE OF r`, cmd.RolloutID).
-		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &r.healthTimeoutS, &r.healthCheck)
+		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &livePolicy, &snapshot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return res, nil
 	}
 	if err != nil {
 		return res, fmt.Errorf("lock rollout: %w", err)
 	}
+	// The snapshot wins; fields an old snapshot lacks come from the live policy, then the defaults.
+	pol := policies.FromJSON(livePolicy, snapshot)
+	r.healthTimeoutS, r.healthCheck = pol.HealthTimeout().Seconds(), pol.HealthCheck()
 	res.RolloutStatus = r.status
 	if r.status != string(lifecycle.InProgress) {
 		return res, nil // paused, cancelled, superseded, completed...: change nothing

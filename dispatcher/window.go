@@ -2,7 +2,6 @@ package dispatcher
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,7 +9,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
-	"github.com/fleetshift/fleetshift/shared/window"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -34,21 +33,17 @@ func (s *Service) windowGate(ctx context.Context, tx pgx.Tx, rolloutID string) (
 		Scan(&strategy, &raw); err != nil {
 		return gate{}, fmt.Errorf("read maintenance window: %w", err)
 	}
-	if strategy != "scheduled" {
+	if strategy != policies.Scheduled {
 		return gate{open: true}, nil
 	}
-	var p struct {
-		Start    *string `json:"maintenance_window_start"`
-		End      *string `json:"maintenance_window_end"`
-		Timezone string  `json:"timezone"`
-	}
-	if json.Unmarshal(raw, &p) != nil || p.Start == nil || p.End == nil || *p.Start == "" || *p.End == "" {
-		return gate{open: true, limit: s.windowChunk}, nil // no window: the whole day
-	}
-	w, err := window.Parse(*p.Start, *p.End, p.Timezone)
-	if err != nil {
-		s.log.Warn().Err(err).Str("rollout_id", rolloutID).Msg("unreadable maintenance window; dispatching as if open")
+	pol := policies.FromJSON(raw)
+	w, set, ok := pol.Window()
+	if !ok {
+		s.log.Warn().Str("rollout_id", rolloutID).Msg("unreadable maintenance window; dispatching as if open")
 		return gate{open: true, limit: s.windowChunk}, nil
+	}
+	if !set {
+		return gate{open: true, limit: s.windowChunk}, nil // no window: the whole day
 	}
 	now := s.now()
 	if w.Contains(now) {

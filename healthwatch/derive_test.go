@@ -76,7 +76,7 @@ func TestPolicySnapshot(t *testing.T) {
 	p := parsePolicy([]byte(`{}`))
 	require.True(t, p.HealthCheckEnabled)
 	require.Equal(t, 0.2, p.MaxFailureRate)
-	require.Equal(t, 1, p.MinSampleSize)
+	require.EqualValues(t, 1, p.MinSampleSize)
 	require.Zero(t, p.BatchDelay)
 	p = parsePolicy([]byte(`{"batch_delay_minutes": 5, "batch_delay_seconds": 2, "health_check_enabled": false,
 		"max_failure_rate": 0.5, "min_sample_size": 20, "auto_rollback_enabled": true}`))

@@ -11,10 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/fleetshift/fleetshift/planner/match"
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/imageref"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	"github.com/fleetshift/fleetshift/shared/match"
 	"github.com/fleetshift/fleetshift/streams"
 )
 

@@ -3,7 +3,7 @@ package match_test
 import (
 	"testing"
 
-	"github.com/fleetshift/fleetshift/planner/match"
+	"github.com/fleetshift/fleetshift/shared/match"
 	"github.com/fleetshift/fleetshift/shared/imageref"
 )
 

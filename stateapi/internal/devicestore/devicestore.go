@@ -4,12 +4,10 @@
 package devicestore
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -19,21 +17,18 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/shared/device"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
-// Limits on what one device may carry (docs/reliability.md, "Limits").
+// Limits on what one device may carry (docs/reliability.md, "Limits"); shared/device defines them.
 const (
-	// MaxTags is the most tags a device (or a policy's device_tags) may have.
-	MaxTags = 64
-	// MaxTagLen is the longest tag in bytes.
-	MaxTagLen = 200
-	// MaxNameLen is the longest device name in bytes.
-	MaxNameLen = 200
-	// MaxFleetLen is the longest fleet id in bytes.
-	MaxFleetLen = 128
+	MaxTags     = device.MaxTags
+	MaxTagLen   = device.MaxTagLen
+	MaxNameLen  = device.MaxNameLen
+	MaxFleetLen = device.MaxFleetLen
 )
 
 // Announcer learns of target writes and revocations at once (the device API's poll cache); other
@@ -43,72 +38,15 @@ type Announcer interface {
 	Evict(uuid string)
 }
 
-// ValidUUID reports whether s is a device uuid: 1-64 of [A-Za-z0-9_-] (subject-safe).
-func ValidUUID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '-' || b == '_') {
-			return false
-		}
-	}
-	return true
-}
+// ValidUUID reports whether s is a device uuid (device.ValidUUID).
+func ValidUUID(s string) bool { return device.ValidUUID(s) }
 
 // QuoteETag renders a stored (unquoted) etag as a strong entity tag.
 func QuoteETag(etag string) string { return `"` + etag + `"` }
 
-// ParseTags accepts a JSON array of strings, or an object k -> v stored as "k=v"; field names the input
-// in errors. At most MaxTags tags of 1-MaxTagLen bytes, valid UTF-8 without NUL.
+// ParseTags reads a JSON array of strings or an object k -> v as tags (device.ParseTags).
 func ParseTags(field string, raw json.RawMessage) ([]string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return []string{}, nil
-	}
-	var list []string
-	if err := json.Unmarshal(raw, &list); err != nil {
-		var obj map[string]any
-		if err := json.Unmarshal(raw, &obj); err != nil {
-			return nil, apierr.Invalid(field, "want an array of strings or an object of key -> value")
-		}
-		for k, v := range obj {
-			var s string
-			switch x := v.(type) {
-			case string:
-				s = x
-			case float64, bool:
-				b, _ := json.Marshal(x)
-				s = string(b)
-			case nil:
-				s = ""
-			default:
-				return nil, apierr.Invalid(field, "value of %q must be a string, number or boolean", k)
-			}
-			list = append(list, k+"="+s)
-		}
-	}
-	if len(list) > MaxTags {
-		return nil, apierr.Invalid(field, "at most %d tags, got %d", MaxTags, len(list))
-	}
-	seen := map[string]bool{}
-	out := make([]string, 0, len(list))
-	for _, t := range list {
-		t = strings.TrimSpace(t)
-		if t == "" || len(t) > MaxTagLen {
-			return nil, apierr.Invalid(field, "each tag must be 1-%d characters", MaxTagLen)
-		}
-		if err := apierr.CheckText(field, t); err != nil {
-			return nil, err
-		}
-		if !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	slices.Sort(out)
-	return out, nil
+	return device.ParseTags(field, raw)
 }
 
 // New is a device to create.
