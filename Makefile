@@ -6,7 +6,7 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test test-short lint fmt tidy bench bench-quick clean images
+.PHONY: fuzz build run test test-short lint fmt tidy bench bench-quick clean images
 
 build:
 	@mkdir -p $(BIN)
@@ -35,6 +35,10 @@ test-modules:
 	done; \
 	if [ -n "$$failed" ]; then echo "FAIL: modules failing:$$failed"; exit 1; fi; \
 	echo "ok: all modules passed ($(MODULES))"
+
+# Every fuzz target for FUZZTIME each (default 10s); CI runs it with a shorter time.
+fuzz:
+	@scripts/with-postgres scripts/fuzz
 
 lint:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
