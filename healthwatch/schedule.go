@@ -2,7 +2,6 @@ package healthwatch
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,30 +9,18 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/outbox"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/shared/window"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
-// policyWindow reads the maintenance window of a policy snapshot (image_rollouts.policy). A snapshot
-// without both window times has a whole-day window; ok is false when the window cannot be read (the
-// caller treats it as open: a rollout must never stall on an odd snapshot).
+// policyWindow reads the maintenance window of a policy snapshot (image_rollouts.policy,
+// policy.Window). A snapshot without both window times has a whole-day window; ok is false when the
+// window cannot be read (the caller treats it as open: a rollout must never stall on an odd snapshot).
 func policyWindow(raw []byte) (w window.Window, ok bool) {
-	var p struct {
-		Start    *string `json:"maintenance_window_start"`
-		End      *string `json:"maintenance_window_end"`
-		Timezone string  `json:"timezone"`
-	}
-	if len(raw) == 0 || json.Unmarshal(raw, &p) != nil {
-		return window.Window{Loc: time.UTC}, false
-	}
-	if p.Start == nil || p.End == nil || *p.Start == "" || *p.End == "" {
-		return window.Window{Loc: time.UTC}, true
-	}
-	w, err := window.Parse(*p.Start, *p.End, p.Timezone)
-	if err != nil {
-		return window.Window{Loc: time.UTC}, false
-	}
-	return w, true
+	p := policies.FromJSON(raw)
+	w, _, ok = p.Window()
+	return w, ok
 }
 
 // openWindows is the maintenance-window timer of scheduled rollouts (status 'scheduled'), claimed with

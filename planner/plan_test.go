@@ -7,8 +7,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/fleetshift/fleetshift/planner/match"
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/match"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
 )
 

@@ -2,60 +2,24 @@ package planner
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/fleetshift/fleetshift/planner/match"
+	"github.com/fleetshift/fleetshift/shared/match"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 )
 
-// Policy is an image update policy as it stood when a plan was made. Its JSON form is the snapshot
-// stored in image_rollouts.policy and the "policy" of a preview, with the API's field names.
-type Policy struct {
-	ID                        int64           `json:"id"`
-	ImagePattern              string          `json:"image_pattern"`
-	UpdateStrategy            string          `json:"update_strategy"`
-	StagedBatches             int             `json:"staged_batches"`
-	BatchPercentages          []int           `json:"batch_percentages"`
-	BatchDelayMinutes         int             `json:"batch_delay_minutes"`
-	BatchDelaySeconds         *int            `json:"batch_delay_seconds"`
-	HealthCheckEnabled        bool            `json:"health_check_enabled"`
-	HealthCheckTimeoutSeconds int             `json:"health_check_timeout_seconds"`
-	HealthCheckConfig         json.RawMessage `json:"health_check_config"`
-	AutoRollbackEnabled       bool            `json:"auto_rollback_enabled"`
-	MaxFailureRate            float64         `json:"max_failure_rate"`
-	MinSampleSize             int             `json:"min_sample_size"`
-	MaintenanceWindowStart    *string         `json:"maintenance_window_start"`
-	MaintenanceWindowEnd      *string         `json:"maintenance_window_end"`
-	Timezone                  string          `json:"timezone"`
-	FleetID                   *string         `json:"fleet_id"`
-	DeviceTags                []string        `json:"device_tags"`
-	DeviceUUIDs               []string        `json:"device_uuids"`
-	Priority                  int             `json:"priority"`
-	Enabled                   bool            `json:"enabled"`
-	Description               *string         `json:"description"`
-	TagPolicy                 string          `json:"tag_policy"`
-	SemverRange               *string         `json:"semver_range"`
-	BatchApproval             bool            `json:"batch_approval"`
-}
+// Policy is an image update policy as it stood when a plan was made (shared/policy). Its JSON form is
+// the snapshot stored in image_rollouts.policy and the "policy" of a preview, with the API's field names.
+type Policy = policies.Policy
 
-// Strategies (image_update_policies.update_strategy).
+// Strategies (image_update_policies.update_strategy, shared/policy).
 const (
-	StrategyAuto      = "auto"
-	StrategyStaged    = "staged"
-	StrategyManual    = "manual"
-	StrategyScheduled = "scheduled"
+	StrategyAuto      = policies.Auto
+	StrategyStaged    = policies.Staged
+	StrategyManual    = policies.Manual
+	StrategyScheduled = policies.Scheduled
 )
-
-// BatchSizes returns the batch sizes this policy gives n affected devices: one batch for auto, the
-// staged split (Percentages, Batches) for every other strategy.
-func (p *Policy) BatchSizes(n int) []int {
-	if p.UpdateStrategy == StrategyAuto {
-		return Batches(n, []int{100})
-	}
-	return Batches(n, Percentages(p.StagedBatches, p.BatchPercentages))
-}
 
 // candidate is an enabled policy whose pattern compiled.
 type candidate struct {
@@ -111,7 +75,7 @@ func winningPolicy(ctx context.Context, q Querier, repository, tag string) (*Pol
 			continue
 		}
 		c := candidate{id: id, priority: priority, pattern: p}
-		if tagPolicy == "semver" {
+		if tagPolicy == policies.Semver {
 			sv, err := match.CompileSemver(semverRange)
 			if err != nil {
 				continue
@@ -141,25 +105,9 @@ func winningPolicy(ctx context.Context, q Querier, repository, tag string) (*Pol
 
 // loadPolicy reads one policy whole.
 func loadPolicy(ctx context.Context, q Querier, id int64) (*Policy, error) {
-	var p Policy
-	var cfg []byte
-	err := q.QueryRow(ctx, `SELECT id, image_pattern, update_strategy, staged_batches, batch_percentages,
-			batch_delay_minutes, batch_delay_seconds, health_check_enabled, health_check_timeout_seconds,
-			health_check_config, auto_rollback_enabled, max_failure_rate, min_sample_size,
-			maintenance_window_start::text, maintenance_window_end::text, timezone, fleet_id, device_tags,
-			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval
-		FROM image_update_policies WHERE id = $1`, id).Scan(
-		&p.ID, &p.ImagePattern, &p.UpdateStrategy, &p.StagedBatches, &p.BatchPercentages,
-		&p.BatchDelayMinutes, &p.BatchDelaySeconds, &p.HealthCheckEnabled, &p.HealthCheckTimeoutSeconds,
-		&cfg, &p.AutoRollbackEnabled, &p.MaxFailureRate, &p.MinSampleSize,
-		&p.MaintenanceWindowStart, &p.MaintenanceWindowEnd, &p.Timezone, &p.FleetID, &p.DeviceTags,
-		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval)
-	if err == pgx.ErrNoRows {
+	p, err := policies.Load(ctx, q, id)
+	if errors.Is(err, policies.ErrNotFound) {
 		return nil, fmt.Errorf("load policy %d: vanished while planning", id)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("load policy %d: %w", id, err)
-	}
-	p.HealthCheckConfig = cfg
-	return &p, nil
+	return p, err
 }
