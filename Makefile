@@ -28,11 +28,14 @@ run: build
 test:
 	@FLEETSHIFT_REQUIRE_BROWSER=1 scripts/with-postgres $(MAKE) --no-print-directory test-modules
 
-# Every module runs even when an earlier one fails; the last line names the failing modules.
+# Every module runs even when an earlier one fails; the last line names the failing modules. Then
+# shared/pgtest/leftovers fails if tests left a database or a temp dir behind.
 test-modules:
 	@failed=""; for m in $(MODULES); do \
 		echo "== $$m"; (cd $$m && $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed $$m"; \
 	done; \
+	echo "== leftovers (databases and temp dirs tests must not leave)"; \
+	(cd shared && $(GO) run ./pgtest/leftovers) || failed="$$failed leftovers"; \
 	if [ -n "$$failed" ]; then echo "FAIL: modules failing:$$failed"; exit 1; fi; \
 	echo "ok: all modules passed ($(MODULES))"
 

@@ -22,7 +22,8 @@ type EmbeddedConfig struct {
 	// else a random one; the caller logs the resulting URL.
 	Addr           string
 	FallbackOnBusy bool
-	// StoreDir is where JetStream keeps its files. Empty keeps streams in memory (tests only).
+	// StoreDir is where JetStream keeps its files. Required: left empty, nats-server would use a shared
+	// "jetstream" folder in the system temp dir that outlives the server.
 	StoreDir string
 	// ServicePassword is the password of ServiceUser. Required: the server accepts no anonymous clients.
 	ServicePassword string
@@ -41,6 +42,9 @@ type Embedded struct {
 func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.ServicePassword == "" {
 		return nil, errors.New("start embedded nats: a service password is required")
+	}
+	if cfg.StoreDir == "" {
+		return nil, errors.New("start embedded nats: a JetStream store directory is required")
 	}
 	host, portStr, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
@@ -81,10 +85,6 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: 1 << 30,
 		Users:              []*server.User{{Username: ServiceUser, Password: cfg.ServicePassword}},
-	}
-	if cfg.StoreDir == "" {
-		opts.JetStreamMaxStore = 1 << 30
-		opts.StoreDir = ""
 	}
 	if cfg.Configure != nil {
 		if err := cfg.Configure(opts); err != nil {
