@@ -30,6 +30,11 @@ func eventsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if rollout != "" {
+				if rollout, err = resolveRollout(cmd.Context(), c, rollout); err != nil {
+					return err
+				}
+			}
 			url := cmp.Or(natsURL, os.Getenv("FLEETSHIFT_NATS_URL"))
 			if url == "" {
 				var info struct {
@@ -43,7 +48,7 @@ func eventsCmd(g *globals) *cobra.Command {
 			return tailEvents(cmd.Context(), g, url, c.Token, streams.New(prefix), rollout, typ, since, follow)
 		},
 	}
-	tail.Flags().StringVar(&rollout, "rollout", "", "only this rollout's events")
+	tail.Flags().StringVar(&rollout, "rollout", "", "only this rollout's events (an id or a unique prefix)")
 	tail.Flags().StringVar(&typ, "type", "", "only events of this type, e.g. image.rollout_paused")
 	tail.Flags().DurationVar(&since, "since", 0, "replay from this long ago (default: everything kept)")
 	tail.Flags().BoolVar(&follow, "follow", true, "keep following after the replay")

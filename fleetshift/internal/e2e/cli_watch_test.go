@@ -403,6 +403,14 @@ func TestCLIListsPrefixesAndTables(t *testing.T) {
 		}
 	}
 
+	out = syncBuffer{}
+	if err := e.fleetshift(ctx, &out, e.srv.AdminToken, "events", "tail", "--rollout", id[:8], "--follow=false", "-o", "json"); err != nil {
+		t.Fatalf("events tail --rollout <prefix>: %v", err)
+	}
+	if !strings.Contains(out.String(), `"rollout_id":"`+id+`"`) || !strings.Contains(out.String(), "image.rollout_completed") {
+		t.Fatalf("events tail --rollout <prefix>:\n%s", out.String())
+	}
+
 	// Tables: never raw JSON, never a line longer than a screen's worth of columns.
 	failedDevice := fmt.Sprint(devs.Devices[0]["device_uuid"])
 	for _, args := range [][]string{
