@@ -25,7 +25,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetshift/fleetshift/shared/consume"
-	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -35,7 +34,8 @@ type Config struct {
 	JS       jetstream.JetStream
 	NC       *nats.Conn // not used; part of the service convention
 	Subjects streams.Subjects
-	Log      zerolog.Logger
+	// Log is the service's logger; the caller names it (logging.Component), once.
+	Log zerolog.Logger
 
 	// FetchBatch is the most reports applied in one transaction (default 500).
 	FetchBatch int
@@ -91,7 +91,7 @@ func New(cfg Config) (*Service, error) {
 		pool:       cfg.Pool,
 		js:         cfg.JS,
 		subj:       subj,
-		log:        logging.Component(cfg.Log, "healthwatch"),
+		log:        cfg.Log,
 		fetchBatch: cmp.Or(cfg.FetchBatch, 500),
 		fetchWait:  cmp.Or(cfg.FetchWait, 250*time.Millisecond),
 		tick:       cmp.Or(cfg.TickInterval, 500*time.Millisecond),

@@ -24,7 +24,6 @@ import (
 
 	"github.com/fleetshift/fleetshift/ingest/registry"
 	"github.com/fleetshift/fleetshift/shared/apierr"
-	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -58,7 +57,8 @@ type Config struct {
 	JS jetstream.JetStream
 	// Subjects names the push subject and stream; the zero value means streams.New("").
 	Subjects streams.Subjects
-	Log      zerolog.Logger
+	// Log is the service's logger; the caller names it (logging.Component), once.
+	Log zerolog.Logger
 	// WebhookToken authenticates a delivery presenting it as query `token` or `Authorization: Bearer`.
 	WebhookToken string
 	// WebhookSecret authenticates a delivery whose X-Hub-Signature-256 is the HMAC-SHA256 of its raw
@@ -113,7 +113,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	log := logging.Component(cfg.Log, "ingest")
+	log := cfg.Log
 	if cfg.WebhookToken == "" && cfg.WebhookSecret == "" {
 		if cfg.AllowUnauthenticated {
 			log.Warn().Msg("webhook accepts unauthenticated deliveries: neither token nor secret is set")

@@ -43,7 +43,6 @@ import (
 	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -98,7 +97,8 @@ type Config struct {
 	Pool     *pgxpool.Pool
 	NC       *nats.Conn // needed by Run only
 	Subjects streams.Subjects
-	Log      zerolog.Logger
+	// Log is the service's logger; the caller names it (logging.Component), once.
+	Log zerolog.Logger
 	// Operators checks the tokens of NATS control requests (HTTP routes get theirs in Register).
 	Operators *auth.Operators
 	// QueueGroup is the NATS queue group responders share (default "fleetshift-control").
@@ -134,7 +134,7 @@ func New(cfg Config) (*Service, error) {
 		pool:    cfg.Pool,
 		nc:      cfg.NC,
 		subj:    subj,
-		log:     logging.Component(cfg.Log, "control"),
+		log:     cfg.Log,
 		ops:     cfg.Operators,
 		queue:   cmp.Or(cfg.QueueGroup, "fleetshift-control"),
 		timeout: cmp.Or(cfg.Timeout, 30*time.Second),

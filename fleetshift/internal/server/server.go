@@ -240,7 +240,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
-		AdminToken: s.AdminToken, WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune,
+		WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune,
 		Operators: auth.NewOperators(s.Pool, s.AdminToken, logging.Component(log, "auth"))}
 	runners, err := buildServices(deps, s.app, roles)
 	if err != nil {

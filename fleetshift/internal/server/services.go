@@ -33,7 +33,6 @@ type Deps struct {
 	Subjects      streams.Subjects
 	Log           zerolog.Logger
 	Config        config.Config
-	AdminToken    string
 	WebhookToken  string
 	PublicNATSURL string
 	Tune          Tuning
@@ -71,7 +70,7 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		svc.Register(app)
 		runners = append(runners, namedRunner{RoleStateAPI, svc})
 		ctl, err := control.New(control.Config{Pool: d.Pool, NC: d.NC, Subjects: d.Subjects,
-			Log: logging.Component(d.Log, RoleStateAPI), Operators: d.Operators})
+			Log: logging.Component(d.Log, "control"), Operators: d.Operators})
 		if err != nil {
 			return nil, fmt.Errorf("start rollout control: %w", err)
 		}
