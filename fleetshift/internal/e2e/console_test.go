@@ -186,8 +186,9 @@ func (b *browser) verb(verb string) {
 // a reload (Server-Sent Events), with its batches, failures and timeline; a second rollout is paused
 // with the button; a verb that does not apply shows the API's 409 message; a read token sees no
 // control buttons. FLEETSHIFT_CONSOLE_SCREENSHOT=<file> also writes the screenshot the README shows.
+//
+// Not parallel: a browser next to the large simulated fleets of the other tests starves a 2-core machine.
 func TestConsoleInBrowser(t *testing.T) {
-	t.Parallel()
 	b := newBrowser(t)
 	e := newEnv(t)
 	e.start()
@@ -275,6 +276,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.snapshot("rollout-paused")
 	b.do("open the list", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts"))
 	b.waitFor("both rollouts listed with their batches", `document.querySelectorAll('#rollouts-body tr[data-rollout] .bar').length === 6`, 20*time.Second)
+	b.waitFor("completed and failed apart in the first rollout's bars", fmt.Sprintf(`(() => {
+		const row = document.querySelector('tr[data-rollout="%s"]');
+		return !!row.querySelector('.bar .s-ok') && !!row.querySelector('.bar .s-fail') && row.textContent.includes('/ 50%%');
+	})()`, id), 10*time.Second)
 	b.snapshot("rollouts")
 
 	// The fleet: every simulated device online, the image versions per fleet, filters by fleet and tag.
