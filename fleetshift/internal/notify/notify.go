@@ -310,6 +310,15 @@ func (s *Service) DeliverDue(ctx context.Context) (int, error) {
 
 func (s *Service) attempt(ctx context.Context, d due) {
 	code, err := s.post(ctx, d)
+	if err != nil && ctx.Err() != nil {
+		// Shutting down mid-post: not the receiver's fault. Release the claim; the next start (or another
+		// replica) posts it again without counting an attempt.
+		if _, uerr := s.cfg.Pool.Exec(context.WithoutCancel(ctx), `UPDATE notification_deliveries SET next_attempt_at = now()
+			WHERE id = $1 AND status = 'pending'`, d.id); uerr != nil {
+			s.log.Warn().Err(uerr).Int64("delivery", d.id).Msg("release notification claim")
+		}
+		return
+	}
 	attempts := d.attempts + 1
 	ctx = context.WithoutCancel(ctx) // record what happened even while shutting down
 	var q string

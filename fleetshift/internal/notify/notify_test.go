@@ -30,11 +30,12 @@ import (
 const adminToken = "admin-secret-token"
 
 type fixture struct {
-	t   *testing.T
-	db  *pgtest.DB
-	ns  *natstest.Server
-	app *fiber.App
-	svc *Service
+	t    *testing.T
+	db   *pgtest.DB
+	ns   *natstest.Server
+	app  *fiber.App
+	svc  *Service
+	stop func()
 }
 
 func newFixture(t *testing.T, mod func(*Config)) *fixture {
@@ -50,11 +51,18 @@ func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	svc, err := New(cfg)
 	require.NoError(t, err)
 	f.svc = svc
+	f.stop = f.run()
+	t.Cleanup(func() { f.stop() })
+	return f
+}
+
+// run starts the notifier; the returned function stops it and waits for it.
+func (f *fixture) run() func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	return f
+	go func() { done <- f.svc.Run(ctx) }()
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); require.NoError(f.t, <-done) }) }
 }
 
 // call sends a request to the API; token "" sends none.
@@ -305,6 +313,47 @@ func TestDeliveryGivesUpAndSlackFormat(t *testing.T) {
 		}
 		if ds[0].Attempts != 3 || ds[0].LastError == nil || !strings.Contains(*ds[0].LastError, "503") || ds[0].NextAttemptAt != nil {
 			return fmt.Errorf("failed delivery: %+v", ds[0])
+		}
+		return nil
+	})
+}
+
+// TestShutdownMidPostCountsNoAttempt: a notifier stopped while a post is in flight releases the delivery
+// without counting an attempt, and the next notifier delivers it.
+func TestShutdownMidPostCountsNoAttempt(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	arrived := make(chan struct{}, 16)
+	release := make(chan struct{})
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer rcv.Close()
+	sub := f.subscribe(map[string]any{"name": "slow", "url": rcv.URL, "event_types": []string{"completed"}})
+	f.publish(event(streams.EventRolloutCompleted))
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the notification never arrived")
+	}
+	// Stop the running notifier mid-post (the fixture's cleanup finds it stopped).
+	f.stop()
+	ds := f.deliveries(sub.ID)
+	require.Len(t, ds, 1)
+	require.Equal(t, "pending", ds[0].Status)
+	require.Zero(t, ds[0].Attempts, "an interrupted post is not an attempt")
+	require.NotNil(t, ds[0].NextAttemptAt)
+	require.False(t, ds[0].NextAttemptAt.After(time.Now().Add(time.Second)), "the claim is released: due now, not after the lease")
+
+	close(release)
+	f.stop = f.run()
+	wait.For(t, 20*time.Second, func() error {
+		if ds := f.deliveries(sub.ID); ds[0].Status != "delivered" || ds[0].Attempts != 1 {
+			return fmt.Errorf("after restart: %+v", ds[0])
 		}
 		return nil
 	})
