@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -245,4 +246,59 @@ func TestDatabaseOutageIs503(t *testing.T) {
 		require.NotEmpty(t, res.Header.Get("Retry-After"), "%s %s", r.method, r.path)
 		require.NotContains(t, string(res.Body), "127.0.0.1", "%s %s", r.method, r.path)
 	}
+}
+
+// The database goes away under a running service (its connections terminated, new ones refused): the API
+// answers 503 unavailable with Retry-After, unchanged polls are still answered from memory, and it
+// recovers by itself when the database is back.
+func TestDatabaseTerminatedIs503(t *testing.T) {
+	t.Parallel()
+	e := apitest.Setup(t, apitest.Options{})
+	id, key := e.CreateDevice(map[string]any{"device_name": "a"})
+	res := e.Do("GET", "/api/v1/device/"+id+"/state", nil, apitest.Bearer(key))
+	require.Equal(t, 200, res.Status)
+	etag := res.Header.Get("ETag")
+
+	admin, err := pgx.Connect(e.Ctx, pgtest.ServerURL())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close(context.Background()) })
+	db := pgx.Identifier{e.DB.Name}.Sanitize()
+	_, err = admin.Exec(e.Ctx, `ALTER DATABASE `+db+` ALLOW_CONNECTIONS false`)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `ALTER DATABASE `+db+` ALLOW_CONNECTIONS true`) })
+	_, err = admin.Exec(e.Ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, e.DB.Name)
+	require.NoError(t, err)
+
+	for _, r := range []struct {
+		method, path, body string
+		headers            map[string]string
+	}{
+		{"GET", "/api/v1/devices", "", apitest.Admin()},
+		{"PUT", "/api/v1/devices/" + id + "/target-state", `{"apps":{}}`, apitest.Admin()},
+		{"GET", "/api/v1/device/" + id + "/state", "", apitest.Bearer("unknown-key")},
+		{"PATCH", "/api/v1/device/state", `{"` + id + `":{"apps":{}}}`, apitest.Bearer("unknown-key")},
+	} {
+		var body any
+		if r.body != "" {
+			body = r.body
+		}
+		// The first request on a terminated connection may meet it closing; every answer is a 503.
+		for range 3 {
+			res := e.Do(r.method, r.path, body, r.headers)
+			require.Equal(t, 503, res.Status, "%s %s: %s", r.method, r.path, res.Body)
+			require.Equal(t, "5", res.Header.Get("Retry-After"), "%s %s", r.method, r.path)
+			require.Equal(t, "unavailable", res.ErrorCode(t), "%s %s", r.method, r.path)
+		}
+	}
+	require.Equal(t, 304, e.Do("GET", "/api/v1/device/"+id+"/state", nil,
+		map[string]string{"X-Device-API-Key": key, "If-None-Match": etag}).Status, "the hot path needs no database")
+
+	_, err = admin.Exec(e.Ctx, `ALTER DATABASE `+db+` ALLOW_CONNECTIONS true`)
+	require.NoError(t, err)
+	wait.For(t, 10*time.Second, func() error {
+		if res := e.Do("GET", "/api/v1/devices", nil, apitest.Admin()); res.Status != 200 {
+			return fmt.Errorf("still %d: %s", res.Status, res.Body)
+		}
+		return nil
+	})
 }
