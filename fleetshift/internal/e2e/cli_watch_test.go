@@ -109,7 +109,7 @@ func TestCLIWatchOnTerminal(t *testing.T) {
 	e.start()
 	e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"update_strategy": "manual",
 		"batch_percentages": []int{25, 100}, "health_check_timeout_seconds": 30, "max_failure_rate": 0.95,
-		"min_sample_size": 1, "auto_rollback_enabled": false}), 201)
+		"min_sample_size": 1000, "auto_rollback_enabled": false}), 201)
 	s := e.runSim("tty", 12, []string{"acme/app:1.0"}, func(c *sim.Config) {
 		c.FailRates = []sim.Rate{mustRate(t, "acme/app:2.*=0.5")}
 	})
@@ -358,7 +358,7 @@ func TestCLIListsPrefixesAndTables(t *testing.T) {
 
 	// A rollout with failed devices.
 	e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"batch_percentages": []int{100},
-		"max_failure_rate": 0.95, "min_sample_size": 1, "auto_rollback_enabled": false}), 201)
+		"max_failure_rate": 0.95, "min_sample_size": 1000, "auto_rollback_enabled": false}), 201)
 	s := e.runSim("lists", 10, []string{"acme/app:1.0"}, func(c *sim.Config) {
 		c.FailRates = []sim.Rate{mustRate(t, "acme/app:2.*=0.5")}
 	})
