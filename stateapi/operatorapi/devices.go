@@ -173,6 +173,9 @@ func (r targetRequest) parse() (target.Apps, json.RawMessage, error) {
 	if len(r.Apps) == 0 || string(r.Apps) == "null" {
 		return nil, nil, apierr.Invalid("apps", "required: an object of app id -> app")
 	}
+	if t := bytes.TrimSpace(r.Apps); t[0] != '{' {
+		return nil, nil, apierr.Invalid("apps", "expected an object of app id -> app")
+	}
 	apps, err := target.ParseApps(r.Apps)
 	if err != nil {
 		return nil, nil, apierr.Invalid("apps", "%v", err)

@@ -72,6 +72,8 @@ func TestOperatorRoutesRefuseBadInput(t *testing.T) {
 		{"PUT", "/api/v1/devices/" + dev + "/target-state", `{"apps":{"x\u0000":{}}}`, 400, "invalid_apps", ""},
 		{"PUT", "/api/v1/devices/" + dev + "/target-state", `{"apps":{},"config":{"a":"\udc00"}}`, 400, "invalid_config", "config.a"},
 		{"PUT", "/api/v1/devices/" + dev + "/target-state", big, 413, "body_too_large", ""},
+		{"PUT", "/api/v1/devices/" + dev + "/target-state", `{"apps":{"a":{"services":"x"}}}`, 400, "invalid_apps", "apps"},
+		{"PUT", "/api/v1/devices/" + dev + "/target-state", `{"apps":[]}`, 400, "invalid_apps", "apps"},
 		{"PUT", "/api/v1/fleets/f1/target-state", `{"apps":{},"config":{"a":"\u0000"}}`, 400, "invalid_config", "config.a"},
 		{"PUT", "/api/v1/fleets/f1/target-state", big, 413, "body_too_large", ""},
 		// Provisioning keys.
@@ -126,7 +128,7 @@ func TestOperatorRoutesRefuseBadInput(t *testing.T) {
 			require.Contains(t, m["field"], tc.field, "%s: %s", name, res.Body)
 			require.Contains(t, m["message"], tc.field, name)
 		}
-		for _, goish := range []string{"Go struct", "int32", "int64", "float64", "json.", "operatorapi."} {
+		for _, goish := range []string{"Go struct", "Go value", "int32", "int64", "float64", "json:", "json.", "operatorapi.", "target."} {
 			require.NotContains(t, m["message"], goish, name)
 		}
 	}
