@@ -203,3 +203,39 @@ func TestCrashedConsumerDoesNotFailHealthyDevices(t *testing.T) {
 	require.Equal(t, 1, info.NumAckPending, "the report is still with the dead consumer")
 	b.checkCounters(id)
 }
+
+// TestRolloutsApplyInParallel: reports of two rollouts fetched together are applied in separate
+// transactions: while one rollout's row is locked (a long transaction elsewhere), the other rollout's
+// device still moves; the first follows once the lock is released.
+func TestRolloutsApplyInParallel(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	devA := b.devices("para-a", 1, "fleet-pa", oldImg)
+	devB := b.devices("para-b", 1, "fleet-pb", oldImg)
+	idA := b.rollout(rolloutSpec{devices: devA, sizes: []int{1}, policy: map[string]any{"max_failure_rate": 1.0}})
+	idB := b.rollout(rolloutSpec{devices: devB, sizes: []int{1}, policy: map[string]any{"max_failure_rate": 1.0}})
+
+	blocker, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer blocker.Rollback(b.ctx)
+	_, err = blocker.Exec(b.ctx, `SELECT 1 FROM image_rollouts WHERE rollout_id = $1 FOR UPDATE`, idA)
+	require.NoError(t, err)
+
+	b.publish(devA[0], web(devA[0], newImg, "running", "healthy"))
+	b.publish(devB[0], web(devB[0], newImg, "running", "healthy"))
+	b.service()
+	wait.For(t, 20*time.Second, func() error {
+		if st := b.status(idB, devB[0]); st != statusCompleted {
+			return fmt.Errorf("rollout B's device is %s", st)
+		}
+		return nil
+	})
+	require.Equal(t, statusScheduled, b.status(idA, devA[0]), "rollout A is locked elsewhere")
+	require.NoError(t, blocker.Commit(b.ctx))
+	wait.For(t, 20*time.Second, func() error {
+		if st := b.status(idA, devA[0]); st != statusCompleted {
+			return fmt.Errorf("rollout A's device is %s", st)
+		}
+		return nil
+	})
+}
