@@ -432,3 +432,17 @@ func TestWebhookPushesPerDeliveryBounded(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, r.status, "%v", r.body)
 	require.EqualValues(t, DefaultMaxPushes, b.streamMsgs(t))
 }
+
+// A payload of the wrong shape is refused naming the field and the JSON shape, never a Go type.
+func TestWebhookShapeErrorNamesField(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	r := b.do(t, post(`{"push_data":{"tag":5,"pushed_at":1700000000},"repository":{"repo_name":"acme/app","name":"app","namespace":"acme"}}`,
+		"Authorization", "Bearer "+testToken))
+	require.Equal(t, http.StatusBadRequest, r.status, "%v", r.body)
+	msg := r.body["error"].(map[string]any)["message"].(string)
+	require.Contains(t, msg, "push_data.tag")
+	require.Contains(t, msg, "expected string")
+	require.NotContains(t, msg, "Go ")
+	require.Zero(t, b.streamMsgs(t))
+}

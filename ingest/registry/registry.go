@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/imageref"
 )
 
@@ -167,7 +168,8 @@ func unreadable(format string, args ...any) error {
 
 func decode(registry string, body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
-		return unreadable("%s payload: %v", registry, err)
+		// The one translation of decode errors: field paths and JSON shapes, never Go types.
+		return unreadable("%s payload: %s", registry, apierr.JSONError(err).Error())
 	}
 	return nil
 }
