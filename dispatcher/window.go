@@ -7,8 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -62,16 +62,12 @@ func deferToWindow(ctx context.Context, tx pgx.Tx, rolloutID string, g gate) err
 	return nil
 }
 
-// continueChunk writes, in tx, the command for the rest of a batch a chunk did not cover. Its message id
-// is derived from the chunk's last device, so a redelivered command writes the same continuation,
-// which JetStream drops as a duplicate.
+// continueChunk writes, in tx, the command for the rest of a batch a chunk did not cover
+// (command.Continue). Its message id is derived from the chunk's last device, so a redelivered command
+// writes the same continuation, which JetStream drops as a duplicate.
 func continueChunk(ctx context.Context, tx pgx.Tx, subj streams.Subjects, cmd streams.DispatchV1, last string) error {
-	m, err := outbox.JSON(fmt.Sprintf("dispatch-%s-%d-after-%s", cmd.RolloutID, cmd.Batch, last),
-		subj.Command(streams.CommandDispatch, cmd.RolloutID), streams.DispatchV1{RolloutID: cmd.RolloutID, Batch: cmd.Batch})
-	if err != nil {
-		return err
-	}
-	if err := outbox.Add(ctx, tx, m); err != nil {
+	if err := command.Request(ctx, tx, subj, command.Dispatch{RolloutID: cmd.RolloutID, Batch: cmd.Batch,
+		Purpose: command.Continue, Discriminator: last}); err != nil {
 		return fmt.Errorf("continue batch %d: %w", cmd.Batch, err)
 	}
 	return nil

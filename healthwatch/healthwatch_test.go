@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/wait"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -177,7 +178,7 @@ func TestBatchCompletionStartsNextBatchAfterDelay(t *testing.T) {
 	require.Empty(t, b.dispatchCommands(id), "the next batch waits for its delay")
 
 	wait.For(t, 10*time.Second, func() error {
-		if cmds := b.dispatchCommands(id); cmds["dispatch-"+id+"-2"] != 2 {
+		if cmds := b.dispatchCommands(id); cmds[nextBatchID(id, 2)] != 2 {
 			return fmt.Errorf("commands %v", cmds)
 		}
 		return nil
@@ -410,7 +411,7 @@ func TestRestartDuringBatchDelayRequestsNextBatchOnce(t *testing.T) {
 
 	s2, _ := b.service()
 	wait.For(t, 10*time.Second, func() error {
-		if cmds := b.dispatchCommands(id); len(cmds) != 1 || cmds["dispatch-"+id+"-2"] != 2 {
+		if cmds := b.dispatchCommands(id); len(cmds) != 1 || cmds[nextBatchID(id, 2)] != 2 {
 			return fmt.Errorf("commands %v", cmds)
 		}
 		return nil
@@ -436,7 +437,7 @@ func TestBatchApprovalWaits(t *testing.T) {
 	b.exec(`UPDATE image_rollouts SET status = 'in_progress' WHERE rollout_id = $1`, id)
 	s.timersOnce(b.ctx)
 	s.timersOnce(b.ctx)
-	require.Equal(t, map[string]int{"dispatch-" + id + "-2": 2}, b.dispatchCommands(id))
+	require.Equal(t, map[string]int{nextBatchID(id, 2): 2}, b.dispatchCommands(id))
 }
 
 func TestEmptiedBatchesDoNotStall(t *testing.T) {
@@ -449,7 +450,7 @@ func TestEmptiedBatchesDoNotStall(t *testing.T) {
 	b.exec(`UPDATE device_rollout_status SET status = 'skipped' WHERE rollout_id = $1 AND batch_number = 1`, id)
 	s.timersOnce(b.ctx)
 	s.timersOnce(b.ctx)
-	require.Equal(t, map[string]int{"dispatch-" + id + "-2": 2}, b.dispatchCommands(id))
+	require.Equal(t, map[string]int{nextBatchID(id, 2): 2}, b.dispatchCommands(id))
 	// Batch 2 emptied as well: after its dispatch the rollout completes by itself.
 	b.exec(`UPDATE device_rollout_status SET status = 'skipped' WHERE rollout_id = $1 AND batch_number = 2`, id)
 	b.dispatch(id, 2)
@@ -573,7 +574,7 @@ func TestResumeAfterAutoPauseIsOverruledOnlyByNewFailures(t *testing.T) {
 	s.timersOnce(b.ctx)
 	s.timersOnce(b.ctx)
 	require.Equal(t, rolloutInProgress, b.rolloutStatus(id))
-	require.Equal(t, map[string]int{"dispatch-" + id + "-2": 2}, b.dispatchCommands(id))
+	require.Equal(t, map[string]int{nextBatchID(id, 2): 2}, b.dispatchCommands(id))
 	b.dispatch(id, 2)
 	b.apply(s, devs[2], web(devs[2], newImg, "running", "healthy"))
 	require.Equal(t, rolloutInProgress, b.rolloutStatus(id), "a success does not re-pause")
@@ -597,7 +598,7 @@ func TestLostDispatchIsRepeated(t *testing.T) {
 	require.Len(t, cmds, 1)
 	for msgID, batch := range cmds {
 		require.Equal(t, 2, batch)
-		require.Contains(t, msgID, "dispatch-"+id+"-2-retry-")
+		require.Contains(t, msgID, command.Dispatch{RolloutID: id, Batch: 2, Purpose: command.Retry}.MsgID()+"-")
 	}
 	s.timersOnce(b.ctx)
 	require.Len(t, b.dispatchCommands(id), 1, "repeated at most once per DispatchRetryAfter")
@@ -634,4 +635,9 @@ func TestReportsAreStoredAsCurrentStateNewestWins(t *testing.T) {
 	require.Equal(t, newImg, img)
 	// A report of an unknown device is dropped quietly.
 	require.NoError(t, s.applyReports(b.ctx, []report{decodeReport(t, "ghost", web("ghost", newImg, "running", ""))}))
+}
+
+// nextBatchID is the message id of the request for batch after a completed one (command.Next).
+func nextBatchID(rolloutID string, batch int) string {
+	return command.Dispatch{RolloutID: rolloutID, Batch: batch, Purpose: command.Next}.MsgID()
 }

@@ -3,12 +3,13 @@ package healthwatch
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/shared/window"
 	"github.com/fleetshift/fleetshift/streams"
@@ -82,7 +83,7 @@ func (s *Service) openWindows(ctx context.Context) (int, error) {
 			return 0, fmt.Errorf("open maintenance windows: %w", err)
 		}
 		for _, id := range open {
-			if _, err := RequestDispatch(ctx, tx, s.subj, id, "window-"+now.UTC().Format("20060102T150405")); err != nil {
+			if _, err := RequestDispatch(ctx, tx, s.subj, id); err != nil {
 				return 0, fmt.Errorf("open maintenance windows: %w", err)
 			}
 		}
@@ -107,10 +108,11 @@ func (s *Service) openWindows(ctx context.Context) (int, error) {
 //   - else batch 1 of a rollout never dispatched.
 //
 // Otherwise nothing: healthwatch's sweep settles a finished batch (next batch, or completion). The
-// command carries a message id made of tag, so JetStream never drops it as a duplicate of an earlier
-// request; the dispatcher handles a batch once however often it is asked.
-func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutID, tag string) (int, error) {
+// command (command.Resume) is told apart by the time of this request, so JetStream never drops it as a
+// duplicate of an earlier one; the dispatcher handles a batch once however often it is asked.
+func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutID string) (int, error) {
 	var batch int
+	var at int64
 	err := tx.QueryRow(ctx, `
 		WITH x AS (
 			SELECT r.rollout_id, CASE
@@ -125,19 +127,15 @@ func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, roll
 		UPDATE image_rollouts r SET requested_batch = GREATEST(r.requested_batch, x.batch), requested_at = now(),
 			updated_at = now()
 		FROM x WHERE r.rollout_id = x.rollout_id AND x.batch > 0
-		RETURNING x.batch`, rolloutID).Scan(&batch)
+		RETURNING x.batch, (extract(epoch FROM r.requested_at) * 1000)::bigint`, rolloutID).Scan(&batch, &at)
 	if err == pgx.ErrNoRows {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("request dispatch of rollout %s: %w", rolloutID, err)
 	}
-	m, err := outbox.JSON(fmt.Sprintf("dispatch-%s-%d-%s", rolloutID, batch, tag),
-		subj.Command(streams.CommandDispatch, rolloutID), streams.DispatchV1{RolloutID: rolloutID, Batch: batch})
-	if err != nil {
-		return 0, err
-	}
-	if err := outbox.Add(ctx, tx, m); err != nil {
+	if err := command.Request(ctx, tx, subj, command.Dispatch{RolloutID: rolloutID, Batch: batch,
+		Purpose: command.Resume, Discriminator: strconv.FormatInt(at, 10)}); err != nil {
 		return 0, fmt.Errorf("request dispatch of rollout %s: %w", rolloutID, err)
 	}
 	return batch, nil

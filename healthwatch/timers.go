@@ -10,10 +10,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -22,7 +22,7 @@ const claimLimit = 100
 
 // startDueBatches claims in-progress rollouts whose next_batch_at has passed (FOR UPDATE SKIP LOCKED,
 // so replicas share them), clears the timer, records the batch as requested and writes the
-// streams.DispatchV1{current_batch+1} command to the outbox, all in one transaction: the command is
+// dispatch request for batch current_batch+1 (command.Next), all in one transaction: the command is
 // written exactly once, whatever restarts. It returns how many batches it requested.
 func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 	tx, err := s.pool.Begin(ctx)
@@ -58,16 +58,11 @@ func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 	if len(claimed) == 0 {
 		return 0, nil
 	}
-	msgs := make([]outbox.Message, 0, len(claimed))
+	reqs := make([]command.Dispatch, 0, len(claimed))
 	for _, d := range claimed {
-		m, err := outbox.JSON("dispatch-"+d.id+"-"+strconv.Itoa(d.batch), s.subj.Command(streams.CommandDispatch, d.id),
-			streams.DispatchV1{RolloutID: d.id, Batch: d.batch})
-		if err != nil {
-			return 0, err
-		}
-		msgs = append(msgs, m)
+		reqs = append(reqs, command.Dispatch{RolloutID: d.id, Batch: d.batch, Purpose: command.Next})
 	}
-	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+	if err := command.Request(ctx, tx, s.subj, reqs...); err != nil {
 		return 0, fmt.Errorf("start due batches: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -244,17 +239,13 @@ func (s *Service) retryLostDispatches(ctx context.Context) (int, error) {
 	if len(found) == 0 {
 		return 0, nil
 	}
-	msgs := make([]outbox.Message, 0, len(found))
+	reqs := make([]command.Dispatch, 0, len(found))
 	for _, l := range found {
-		m, err := outbox.JSON(fmt.Sprintf("dispatch-%s-%d-retry-%d", l.id, l.batch, l.at),
-			s.subj.Command(streams.CommandDispatch, l.id), streams.DispatchV1{RolloutID: l.id, Batch: l.batch})
-		if err != nil {
-			return 0, err
-		}
-		msgs = append(msgs, m)
+		reqs = append(reqs, command.Dispatch{RolloutID: l.id, Batch: l.batch, Purpose: command.Retry,
+			Discriminator: strconv.FormatInt(l.at, 10)})
 		s.log.Warn().Str("rollout", l.id).Int("batch", l.batch).Msg("requested batch not started; asking the dispatcher again")
 	}
-	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+	if err := command.Request(ctx, tx, s.subj, reqs...); err != nil {
 		return 0, fmt.Errorf("retry lost dispatches: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {

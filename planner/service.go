@@ -16,10 +16,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -325,12 +325,7 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 	}
 
 	if status == StatusInProgress {
-		msg, err := outbox.JSON(fmt.Sprintf("dispatch-%s-1", id), s.subj.Command(streams.CommandDispatch, id),
-			streams.DispatchV1{RolloutID: id, Batch: 1})
-		if err != nil {
-			return Result{}, err
-		}
-		if err := outbox.Add(ctx, tx, msg); err != nil {
+		if err := command.Request(ctx, tx, s.subj, command.Dispatch{RolloutID: id, Batch: 1, Purpose: command.First}); err != nil {
 			return Result{}, fmt.Errorf("queue dispatch of rollout %s: %w", id, err)
 		}
 	}

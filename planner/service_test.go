@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/logging"
 	"github.com/fleetshift/fleetshift/shared/natstest"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
@@ -88,7 +89,7 @@ func TestStatusByStrategy(t *testing.T) {
 		}
 		var payload []byte
 		err = db.Pool.QueryRow(ctx, `SELECT payload FROM outbox WHERE msg_id = $1 AND subject = $2`,
-			"dispatch-"+res.RolloutID+"-1", streams.New("").Command(streams.CommandDispatch, res.RolloutID)).Scan(&payload)
+			command.Dispatch{RolloutID: res.RolloutID, Batch: 1, Purpose: command.First}.MsgID(), streams.New("").Command(streams.CommandDispatch, res.RolloutID)).Scan(&payload)
 		if c.dispatch {
 			var cmd streams.DispatchV1
 			if err != nil || json.Unmarshal(payload, &cmd) != nil || cmd != (streams.DispatchV1{RolloutID: res.RolloutID, Batch: 1}) {

@@ -41,9 +41,9 @@ import (
 	"github.com/fleetshift/fleetshift/healthwatch"
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -367,7 +367,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 		if err := transition(statusInProgress, `, requested_batch = GREATEST(requested_batch, 1), requested_at = now()`); err != nil {
 			return nil, err
 		}
-		if err := s.dispatch(ctx, tx, ro.id, 1, "dispatch-"+ro.id+"-1"); err != nil {
+		if err := command.Request(ctx, tx, s.subj, command.Dispatch{RolloutID: ro.id, Batch: 1, Purpose: command.First}); err != nil {
 			return nil, err
 		}
 		return []events.Event{{Type: EventRolloutStartRequested, Message: "rollout started by operator; dispatching batch 1",
@@ -385,7 +385,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 		if err := transition(statusInProgress, `, auto_paused = false, next_batch_at = NULL`); err != nil {
 			return nil, err
 		}
-		batch, err := healthwatch.RequestDispatch(ctx, tx, s.subj, ro.id, "resume-"+uuid.NewString())
+		batch, err := healthwatch.RequestDispatch(ctx, tx, s.subj, ro.id)
 		if err != nil {
 			return nil, err
 		}
@@ -434,7 +434,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 				requested_at = now()`, next); err != nil {
 				return nil, err
 			}
-			if err := s.dispatch(ctx, tx, ro.id, next, fmt.Sprintf("dispatch-%s-%d", ro.id, next)); err != nil {
+			if err := command.Request(ctx, tx, s.subj, command.Dispatch{RolloutID: ro.id, Batch: next, Purpose: command.Next}); err != nil {
 				return nil, err
 			}
 		}
@@ -443,17 +443,4 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 			Data:    map[string]any{"approved_batch": next, "completed_batch": ro.currentBatch}}}, nil
 	}
 	return nil, fmt.Errorf("verb %s has no change", verb)
-}
-
-// dispatch writes a DispatchV1 command for batch to the outbox under message id.
-func (s *Service) dispatch(ctx context.Context, tx pgx.Tx, rolloutID string, batch int, id string) error {
-	m, err := outbox.JSON(id, s.subj.Command(streams.CommandDispatch, rolloutID),
-		streams.DispatchV1{RolloutID: rolloutID, Batch: batch})
-	if err != nil {
-		return err
-	}
-	if err := outbox.Add(ctx, tx, m); err != nil {
-		return fmt.Errorf("request batch %d: %w", batch, err)
-	}
-	return nil
 }

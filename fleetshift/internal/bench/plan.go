@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -11,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
+	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -231,9 +231,12 @@ func (r *Runner) start(ctx context.Context, srv *Server, id string) (string, err
 		updated_at = now() WHERE rollout_id = $1 AND status = 'pending'`, id); err != nil {
 		return "", fmt.Errorf("start rollout %s: %w", id, err)
 	}
-	b, _ := json.Marshal(streams.DispatchV1{RolloutID: id, Batch: 1})
-	msg := &nats.Msg{Subject: srv.Subjects.Command(streams.CommandDispatch, id), Data: b,
-		Header: nats.Header{streams.HeaderMsgID: []string{"dispatch-" + id + "-1"}, streams.HeaderKind: []string{"dispatch.v1"}}}
+	cmd, err := command.Dispatch{RolloutID: id, Batch: 1, Purpose: command.First}.Message(srv.Subjects)
+	if err != nil {
+		return "", fmt.Errorf("start rollout %s: %w", id, err)
+	}
+	msg := &nats.Msg{Subject: cmd.Subject, Data: cmd.Payload,
+		Header: nats.Header{streams.HeaderMsgID: []string{cmd.ID}, streams.HeaderKind: []string{command.KindDispatchV1}}}
 	if _, err := srv.JS.PublishMsg(ctx, msg); err != nil {
 		return "", fmt.Errorf("start rollout %s: publish dispatch command: %w", id, err)
 	}
