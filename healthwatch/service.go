@@ -366,12 +366,12 @@ func (s *Service) parseReport(subject string, data []byte, at time.Time) (report
 	if err := consume.CheckText("device uuid", device); err != nil {
 		return report{}, false, err
 	}
-	if err := consume.CheckJSON("report of "+device, data); err != nil {
-		return report{}, false, err
-	}
 	var body map[string]*reportDoc
 	if err := json.Unmarshal(data, &body); err != nil {
 		return report{}, false, consume.Permanent(consume.ReasonDecode, fmt.Errorf("decode report of %s: %w", device, err))
+	}
+	if err := consume.CheckJSON("report", data); err != nil {
+		return report{}, false, fmt.Errorf("report of %s: %w", device, err)
 	}
 	doc := body[device]
 	if doc == nil {

@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -73,29 +72,15 @@ func Classify(err error) (reason string, permanent bool) {
 	return "", false
 }
 
-// Unavailable reports whether err means PostgreSQL cannot be reached or refuses work for now (connect
-// failures, dropped connections, server shutting down, too many connections, a timed-out pool acquire):
-// the message is not at fault, and its consumer should wait for the database rather than retry it.
+// Unavailable reports whether err means PostgreSQL cannot be reached or refuses work for now
+// (apierr.Unreachable: connect failures, dropped connections, server shutting down, too many
+// connections), except that work which ran out of time (context.DeadlineExceeded) is not: the message is
+// not at fault, and its consumer should wait for the database rather than retry it.
 func Unavailable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		return false // the work took too long: not the database's absence
 	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return true
-	}
-	var pg *pgconn.PgError
-	if errors.As(err, &pg) {
-		return strings.HasPrefix(pg.Code, "08") || pg.Code == "57P01" || pg.Code == "57P02" ||
-			pg.Code == "57P03" || pg.Code == "53300"
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	msg := err.Error()
-	return strings.Contains(msg, "closed pool") || strings.Contains(msg, "conn closed") ||
-		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "failed to connect")
+	return apierr.Unreachable(err)
 }
 
 // Config configures a Settler.
@@ -302,16 +287,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
-}
-
-// CheckText returns an error when s cannot be stored in PostgreSQL text or jsonb: it holds a NUL
-// character or is not valid UTF-8. field names what s is, for the error.
-func CheckText(field, s string) error {
-	if !utf8Valid(s) {
-		return Permanent(ReasonInvalid, fmt.Errorf("%s is not valid UTF-8", field))
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return Permanent(ReasonInvalid, fmt.Errorf("%s holds a NUL character", field))
-	}
-	return nil
 }
