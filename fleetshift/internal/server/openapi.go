@@ -130,7 +130,7 @@ func OpenAPI() map[string]any {
 	return map[string]any{
 		"openapi": "3.1.0",
 		"info": map[string]any{"title": "fleetshift", "version": "1",
-			"description": "Staged, health-gated container image rollouts for device fleets. Errors are {\"error\": {\"code\", \"message\"}}."},
+			"description": "Staged, health-gated container image rollouts for device fleets. Errors are {\"error\": {\"code\", \"message\", \"field\"?}} (field: the JSON path at fault). 413 body_too_large / too_many_pushes, 429 rate_limited and 503 unavailable / overloaded; 429 and 503 carry Retry-After (seconds). Limits: docs/reliability.md."},
 		"paths": paths,
 		"components": map[string]any{
 			"securitySchemes": map[string]any{
@@ -203,7 +203,7 @@ func schemas() map[string]any {
 		"attempts": integer, "last_status_code": integer, "last_error": str, "next_attempt_at": stamp,
 		"last_attempt_at": stamp, "delivered_at": stamp, "created_at": stamp})
 	return map[string]any{
-		"Error":                  obj(map[string]any{"error": obj(map[string]any{"code": str, "message": str}, "code", "message")}, "error"),
+		"Error":                  obj(map[string]any{"error": obj(map[string]any{"code": str, "message": str, "field": str}, "code", "message")}, "error"),
 		"Ok":                     anyObj,
 		"Info":                   obj(map[string]any{"name": str, "nats_url": str, "subject_prefix": str}),
 		"WebhookAccepted":        obj(map[string]any{"event_id": str, "event_ids": strs, "ignored": str}),
