@@ -15,8 +15,14 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// endStatuses end a watch with ExitRolloutFailed; "completed" ends it with 0.
-var endStatuses = map[string]bool{"failed": true, "cancelled": true, "rolled_back": true, "superseded": true}
+// failedEnd reports whether status ends a watch with ExitRolloutFailed ("completed" ends it with 0).
+func failedEnd(status string) bool {
+	switch status {
+	case "failed", "cancelled", "rolled_back", "superseded":
+		return true
+	}
+	return false
+}
 
 func watchCmd(g *globals) *cobra.Command {
 	var o watchOptions
@@ -193,7 +199,7 @@ func watch(ctx context.Context, c *Client, id string, o watchOptions, w io.Write
 			if st.Status == "completed" {
 				return nil
 			}
-			if endStatuses[st.Status] {
+			if failedEnd(st.Status) {
 				return &ExitCodeError{Code: ExitRolloutFailed, Err: fmt.Errorf("rollout %s ended %s", id, st.Status)}
 			}
 			if st.Status == "paused" && !o.followPaused {
@@ -279,7 +285,20 @@ const (
 	cellPending    = '.'
 )
 
-var cellColor = map[rune]string{cellCompleted: "\x1b[32m", cellFailed: "\x1b[31m", cellRolledBack: "\x1b[33m", cellInProgress: "\x1b[36m"}
+// cellColor is the escape code that colours a cell ("" for none).
+func cellColor(c rune) string {
+	switch c {
+	case cellCompleted:
+		return "\x1b[32m"
+	case cellFailed:
+		return "\x1b[31m"
+	case cellRolledBack:
+		return "\x1b[33m"
+	case cellInProgress:
+		return "\x1b[36m"
+	}
+	return ""
+}
 
 // barLines draws a header and one line per batch, every line at most width-1 columns (so a terminal
 // never wraps it and a redraw knows how many lines to go back).
@@ -374,15 +393,15 @@ func paint(cells []rune, color bool) string {
 	prev := rune(0)
 	for _, c := range cells {
 		if c != prev {
-			if prev != 0 && cellColor[prev] != "" {
+			if prev != 0 && cellColor(prev) != "" {
 				b.WriteString("\x1b[0m")
 			}
-			b.WriteString(cellColor[c])
+			b.WriteString(cellColor(c))
 			prev = c
 		}
 		b.WriteRune(c)
 	}
-	if cellColor[prev] != "" {
+	if cellColor(prev) != "" {
 		b.WriteString("\x1b[0m")
 	}
 	return b.String()

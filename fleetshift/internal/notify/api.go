@@ -82,16 +82,16 @@ func (r *createRequest) validate() error {
 		return apierr.Invalid("format", "want json or slack, got %q", r.Format)
 	}
 	if len(r.EventTypes) == 0 {
-		r.EventTypes = slices.Clone(KindOrder)
+		r.EventTypes = Kinds()
 	}
 	var kinds []string
 	for _, t := range r.EventTypes {
 		k := strings.TrimSpace(t)
-		if _, ok := Kinds[k]; !ok {
+		if EventType(k) == "" {
 			if kk := kindOf(k); kk != "" { // the full event type names the same kind
 				k = kk
 			} else {
-				return apierr.Invalid("event_types", "unknown event type %q: want %s", t, strings.Join(KindOrder, ", "))
+				return apierr.Invalid("event_types", "unknown event type %q: want %s", t, strings.Join(Kinds(), ", "))
 			}
 		}
 		if !slices.Contains(kinds, k) {

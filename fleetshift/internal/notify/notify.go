@@ -48,16 +48,23 @@ const (
 	HeaderDeliveryID = "X-Fleetshift-Delivery"      // the delivery's id
 )
 
-// Kinds maps the event kinds operators subscribe to onto event types.
-var Kinds = map[string]string{
-	"paused":      streams.EventRolloutPaused,
-	"failed":      streams.EventRolloutFailed,
-	"completed":   streams.EventRolloutCompleted,
-	"rolled_back": streams.EventRolloutRolledBack,
-}
+// Kinds are the event kinds operators subscribe to, in the order they are listed.
+func Kinds() []string { return []string{"paused", "failed", "completed", "rolled_back"} }
 
-// KindOrder is the order kinds are listed in.
-var KindOrder = []string{"paused", "failed", "completed", "rolled_back"}
+// EventType is the event type of a kind ("" for none).
+func EventType(kind string) string {
+	switch kind {
+	case "paused":
+		return streams.EventRolloutPaused
+	case "failed":
+		return streams.EventRolloutFailed
+	case "completed":
+		return streams.EventRolloutCompleted
+	case "rolled_back":
+		return streams.EventRolloutRolledBack
+	}
+	return ""
+}
 
 // Config configures the notifier.
 type Config struct {
@@ -122,9 +129,9 @@ func (s *Service) Collectors() []prometheus.Collector { return []prometheus.Coll
 
 // Filters are the EVENTS subjects the notifier reads: the notifiable event types of every rollout.
 func Filters(subj streams.Subjects) []string {
-	out := make([]string, 0, len(KindOrder))
-	for _, k := range KindOrder {
-		out = append(out, subj.Event(Kinds[k], "*"))
+	var out []string
+	for _, k := range Kinds() {
+		out = append(out, subj.Event(EventType(k), "*"))
 	}
 	return out
 }
@@ -233,8 +240,8 @@ func (s *Service) Enqueue(ctx context.Context, ev streams.EventV1) (int64, error
 }
 
 func kindOf(eventType string) string {
-	for k, t := range Kinds {
-		if t == eventType {
+	for _, k := range Kinds() {
+		if EventType(k) == eventType {
 			return k
 		}
 	}

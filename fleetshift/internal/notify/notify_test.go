@@ -171,7 +171,7 @@ func TestSubscriptionAPI(t *testing.T) {
 	require.NotNil(t, s.CreatedBy)
 
 	all := f.subscribe(map[string]any{"name": "all", "url": "http://127.0.0.1:9/hook"})
-	require.Equal(t, KindOrder, all.EventTypes)
+	require.Equal(t, Kinds(), all.EventTypes)
 	require.Equal(t, "json", all.Format)
 
 	code, out := f.call("GET", "/api/v1/notifications", adminToken, nil)
