@@ -17,6 +17,9 @@ type Config struct {
 	// (FLEETSHIFT_DEFAULT_DATABASE_URL, default the local server's fleetshift database); when nothing
 	// answers there, serve runs a cluster of its own under DataDir.
 	DefaultDatabaseURL string
+	// PostgresBin is the directory with initdb and pg_ctl for serve's own cluster (FLEETSHIFT_POSTGRES_BIN);
+	// empty means PATH, then the newest /usr/lib/postgresql/*/bin.
+	PostgresBin string
 	// NATSURL is an external NATS server or cluster (NATS_URL); empty means serve embeds one.
 	NATSURL string
 	// NATSCredentials authenticates services against an external NATS (NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN).
@@ -63,6 +66,7 @@ func FromLookup(lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
 		DatabaseURL:        get("DATABASE_URL"),
 		DefaultDatabaseURL: get("FLEETSHIFT_DEFAULT_DATABASE_URL"),
+		PostgresBin:        get("FLEETSHIFT_POSTGRES_BIN"),
 		NATSURL:            get("NATS_URL"),
 		NATSUser:           get("NATS_USER"),
 		NATSPassword:       get("NATS_PASSWORD"),

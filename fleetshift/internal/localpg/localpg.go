@@ -53,8 +53,8 @@ type Cluster struct {
 	stderr bytes.Buffer
 }
 
-// InstallHint is what to do when no PostgreSQL is installed.
-const InstallHint = "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server)"
+// ErrNotInstalled means no initdb and pg_ctl were found.
+var ErrNotInstalled = errors.New("PostgreSQL is not installed (no initdb and pg_ctl in PATH, /usr/lib/postgresql/*/bin or FLEETSHIFT_POSTGRES_BIN)")
 
 // Start initialises the cluster in o.Dir when it has none, starts it (or adopts the one already running
 // there) and returns once it accepts connections. The caller stops it with Stop, also when its own
@@ -226,7 +226,7 @@ func findBin(dirs []string, want int) (string, int, error) {
 	case best != "":
 		return best, bestVersion, nil
 	case len(found) == 0:
-		return "", 0, errors.New("no PostgreSQL answers and none is installed to start one: " + InstallHint)
+		return "", 0, ErrNotInstalled
 	default:
 		return "", 0, fmt.Errorf("the cluster in the data dir is PostgreSQL %d but only %s is installed: install PostgreSQL %d, "+
 			"or move the data dir's postgres folder away to start afresh", want, strings.Join(found, ", "), want)

@@ -135,12 +135,20 @@ func (s *Server) defaultDatabase(ctx context.Context, cfg config.Config) (string
 	if err != nil {
 		return "", fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
-	s.log.Info().Str("dir", dir).Msgf("no PostgreSQL answers at %s: running fleetshift's own cluster", net.JoinHostPort(c.Host, fmt.Sprint(c.Port)))
-	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Database: "fleetshift"})
-	if err != nil {
-		return "", fmt.Errorf("%w (or set DATABASE_URL)", err)
+	var bins []string
+	if cfg.PostgresBin != "" {
+		bins = []string{cfg.PostgresBin}
 	}
-	s.LocalPG = cluster
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Database: "fleetshift", BinDirs: bins})
+	if errors.Is(err, localpg.ErrNotInstalled) {
+		return "", fmt.Errorf("no PostgreSQL answers at %s and fleetshift cannot run its own: %w: install it (Debian/Ubuntu: "+
+			"apt-get install postgresql), or set DATABASE_URL=postgres://user:password@host:5432/fleetshift",
+			net.JoinHostPort(c.Host, fmt.Sprint(c.Port)), err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w; or set DATABASE_URL to a PostgreSQL server", err)
+	}
+	s.LocalPG = cluster // the banner says where it is (no log line: a later start-up failure stays one line)
 	return cluster.URL, nil
 }
 
