@@ -28,6 +28,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/agent/sim"
 	"github.com/fleetshift/fleetshift/fleetshift/internal/cli"
+	"github.com/fleetshift/fleetshift/fleetshift/internal/server"
 	"github.com/fleetshift/fleetshift/shared/wait"
 )
 
@@ -569,5 +570,34 @@ func TestCLINotifications(t *testing.T) {
 	e.cliJSON(&lst, "notifications", "list")
 	if len(lst.Notifications) != 0 {
 		t.Fatalf("after delete: %v", lst.Notifications)
+	}
+}
+
+// TestNotifierAsItsOwnService: `fleetshift notifier` alone (its own process, the API served by stateapi
+// elsewhere) delivers an operator's pause to a subscriber.
+func TestNotifierAsItsOwnService(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(server.RoleIngest, server.RolePlanner, server.RoleDispatcher, server.RoleHealthwatch, server.RoleStateAPI)
+	got := make(chan string, 4)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("X-Fleetshift-Event")
+	}))
+	defer rcv.Close()
+	var sub map[string]any
+	e.cliJSON(&sub, "notifications", "create", "--name", "pauses", "--url", rcv.URL, "--events", "paused")
+	id, _, _ := e.fixture("in_progress")
+	var out syncBuffer
+	if err := e.fleetshift(context.Background(), &out, e.srv.AdminToken, "rollouts", "pause", id); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	e.startWorker(server.RoleNotifier)
+	select {
+	case ev := <-got:
+		if ev != "image.rollout_paused" {
+			t.Fatalf("notified %q", ev)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the notifier service delivered nothing")
 	}
 }
