@@ -487,8 +487,9 @@
     const refresh = refresher(load, 300);
     ['#f-fleet', '#f-tag'].forEach((s) => { $(s).onchange = refresh; });
     $('#f-clear').onclick = () => { $('#f-fleet').value = ''; $('#f-tag').value = ''; refresh(); };
-    // Online state and last-seen change without rollout events: poll, and follow events too.
-    const poll = setInterval(refresh, 5000);
+    // Online state and last-seen change without rollout events: poll every second while the tab is
+    // visible, and follow events too.
+    const poll = setInterval(() => { if (document.visibilityState === 'visible') refresh(); }, 1000);
     const close = live('', refresh);
     load().catch(showError);
     return { destroy() { clearInterval(poll); close(); } };
