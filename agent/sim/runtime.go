@@ -87,9 +87,16 @@ type deviceRuntime struct {
 	pulling int
 }
 
+// Fails reports whether the device of index ends unhealthy on image under rates and seed: the
+// simulator's own decision, so a harness knows which devices are healthy without asking them.
+func Fails(rates []Rate, seed uint64, index int, image string) bool {
+	p, ok := matchRate(rates, image)
+	return ok && draw(seed, index, "fail", image) < p
+}
+
 func (r *deviceRuntime) outcome(image string) (status, health string) {
 	cfg := &r.sim.cfg
-	if p, ok := matchRate(cfg.FailRates, image); ok && draw(cfg.Seed, r.index, "fail", image) < p {
+	if Fails(cfg.FailRates, cfg.Seed, r.index, image) {
 		// Its health check fails (or, for one in four of them, its container exits).
 		if draw(cfg.Seed, r.index, "exit", image) < 0.25 {
 			return "exited", ""

@@ -128,6 +128,16 @@ func rollout(t *testing.T, seed uint64, n int) []int {
 	if c := s.Counters(); c.Failed != len(failed) || c.Healthy != n-len(failed) {
 		t.Fatalf("counters %s disagree with the reports (%d failed)", c, len(failed))
 	}
+	// Fails predicts exactly these devices (what the chaos harness relies on).
+	var predicted []int
+	for i := range n {
+		if sim.Fails([]sim.Rate{{Glob: "acme/app:2.*", P: 0.3}}, seed, i, "acme/app:2.0") {
+			predicted = append(predicted, i)
+		}
+	}
+	if !slices.Equal(failed, predicted) {
+		t.Fatalf("sim.Fails predicts %v, the devices failed %v", predicted, failed)
+	}
 	// Rolling back to the old image makes them healthy again.
 	setAll(srv, s, "acme/app:1.0")
 	allOn(t, srv, s, n, "acme/app:1.0")
