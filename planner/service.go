@@ -104,7 +104,8 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // handleMsg plans one push and settles its message: ack after commit; a push that can never be planned
-// (unreadable, invalid, refused by PostgreSQL as bad data) is dead-lettered; one that failed for a
+// (unreadable, invalid, holding text PostgreSQL cannot store, refused by PostgreSQL as bad data) is
+// dead-lettered; one that failed for a
 // passing reason is redelivered with backoff (dead-lettered after streams.MaxDeliver deliveries); while
 // the database is unreachable the push is held and retried once it answers.
 func (s *Service) handleMsg(ctx context.Context, msg jetstream.Msg) {
@@ -122,6 +123,11 @@ func (s *Service) handleMsg(ctx context.Context, msg jetstream.Msg) {
 	}
 	if push.EventID == "" {
 		s.settler.DeadLetter(ctx, msg, consume.ReasonInvalid, errors.New("push has no event_id"))
+		return
+	}
+	// Text PostgreSQL cannot store (NUL, invalid UTF-8) is refused before any SQL.
+	if err := consume.CheckJSON("push", msg.Data()); err != nil {
+		s.settler.DeadLetter(ctx, msg, consume.ReasonInvalid, err)
 		return
 	}
 	_ = msg.InProgress()

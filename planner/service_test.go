@@ -461,8 +461,9 @@ func TestCrashBeforeCommit(t *testing.T) {
 	}
 }
 
-// TestPoisonPushDeadLettered: a push PostgreSQL can never store (a NUL character in pusher, SQLSTATE
-// 22P05) and an unreadable one are terminated and recorded in the dead-letter stream with their reason;
+// TestPoisonPushDeadLettered: a push PostgreSQL can never store (a NUL character in pusher, which would
+// fail with SQLSTATE 22P05) and an unreadable one are terminated and recorded in the dead-letter stream
+// with their reason;
 // the good push published after them is planned, and nothing stays with the consumer.
 func TestPoisonPushDeadLettered(t *testing.T) {
 	t.Parallel()
@@ -513,10 +514,10 @@ func TestPoisonPushDeadLettered(t *testing.T) {
 		}
 		reasons[m.Header.Get(streams.HeaderDLSeq)] = m.Header.Get(streams.HeaderDLReason)
 	}
-	if reasons["1"] != "data" || reasons["2"] != "decode" {
+	if reasons["1"] != "invalid" || reasons["2"] != "decode" {
 		t.Fatalf("dead-letter reasons by stream seq: %v", reasons)
 	}
-	for _, k := range []string{"planner/data", "planner/decode"} {
+	for _, k := range []string{"planner/invalid", "planner/decode"} {
 		if _, ok := counted.Load(k); !ok {
 			t.Fatalf("dead letter %s not counted", k)
 		}
