@@ -22,8 +22,13 @@ func TestDeadLetterMetric(t *testing.T) {
 	}
 	wait.For(t, 20*time.Second, func() error {
 		body := string(e.call("GET", "/metrics", nil, nil).body)
-		if want := `fleetshift_deadletter_total{consumer="healthwatch",reason="decode"} 1`; !strings.Contains(body, want) {
-			return fmt.Errorf("/metrics lacks %s", want)
+		for _, want := range []string{
+			`fleetshift_deadletter_total{consumer="healthwatch",reason="decode"} 1`,
+			`fleetshift_stream_messages_total{stream="FLEET_DEADLETTER"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				return fmt.Errorf("/metrics lacks %s", want)
+			}
 		}
 		return nil
 	})

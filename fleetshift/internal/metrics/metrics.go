@@ -104,7 +104,7 @@ var (
 	descDevices  = prometheus.NewDesc("fleetshift_rollout_devices", "Devices of active rollouts by rollout status.", []string{"status"}, nil)
 	descPending  = prometheus.NewDesc("fleetshift_jetstream_consumer_pending", "Messages not yet delivered to a consumer.", []string{"stream", "consumer"}, nil)
 	descAckPend  = prometheus.NewDesc("fleetshift_jetstream_consumer_ack_pending", "Messages delivered to a consumer and not yet acknowledged.", []string{"stream", "consumer"}, nil)
-	descMsgs     = prometheus.NewDesc("fleetshift_stream_messages_total", "Messages ever stored in a stream (its last sequence): webhook pushes, dispatched targets, device reports, events.", []string{"stream"}, nil)
+	descMsgs     = prometheus.NewDesc("fleetshift_stream_messages_total", "Messages ever stored in a stream (its last sequence): webhook pushes, dispatched targets, device reports, events, dead letters.", []string{"stream"}, nil)
 
 	descAutoPaused   = prometheus.NewDesc("fleetshift_rollouts_auto_paused", "Rollouts paused automatically (failure rate above the policy's limit) and not yet resumed.", nil, nil)
 	descFailureRate  = prometheus.NewDesc("fleetshift_rollout_failure_rate", "Failure rate of each active rollout (failed / finished devices).", []string{"rollout_id", "image_name", "new_tag"}, nil)
@@ -171,7 +171,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(info.NumPending), pair[0], pair[1])
 		ch <- prometheus.MustNewConstMetric(descAckPend, prometheus.GaugeValue, float64(info.NumAckPending), pair[0], pair[1])
 	}
-	for _, name := range []string{c.subj.PushesStream(), c.subj.TargetsStream(), c.subj.ReportsStream(), c.subj.EventsStream()} {
+	for _, name := range []string{c.subj.PushesStream(), c.subj.TargetsStream(), c.subj.ReportsStream(), c.subj.EventsStream(),
+		c.subj.DeadLetterStream()} {
 		s, err := c.js.Stream(ctx, name)
 		if err != nil {
 			continue
