@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,7 +12,6 @@ import (
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/imageref"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -23,8 +21,8 @@ var moved = lifecycle.Strings(lifecycle.Moved...)
 
 // restore returns the rows of a locked rollout that are in one of statuses (and, when devices is not
 // nil, named in it) to their own old image and marks them rolled_back, set-based: one read of their
-// targets, one target.Apply, one outbox write of the new targets (streams.TargetV1, msg id
-// "<uuid>-<version>") and one status update. Only services still running the rollout's new image
+// targets, one target.Save (the write and its ordered notifications, msg id "<uuid>-<version>") and one
+// status update. Only services still running the rollout's new image
 // are rewritten, so a target changed since by an operator or a newer rollout is left alone.
 func restore(ctx context.Context, w *work, ro rolloutRef, statuses, devices []string, reason string) (int, error) {
 	newRef, err := imageref.Parse(ro.newImage)
@@ -56,7 +54,6 @@ func restore(ctx context.Context, w *work, ro rolloutRef, statuses, devices []st
 		return 0, fmt.Errorf("read targets to roll back: %w", err)
 	}
 	writes := make([]target.Write, 0, len(cur))
-	configs := make(map[string]json.RawMessage, len(cur))
 	for _, c := range cur {
 		if c.oldImage == "" {
 			continue
@@ -70,35 +67,9 @@ func restore(ctx context.Context, w *work, ro rolloutRef, statuses, devices []st
 			continue
 		}
 		writes = append(writes, target.Write{DeviceUUID: c.uuid, Apps: back})
-		configs[c.uuid] = c.config
 	}
-	written, err := target.Apply(ctx, w.tx, writes)
-	if err != nil {
-		return 0, fmt.Errorf("write old targets: %w", err)
-	}
-	appsOf := make(map[string]target.Apps, len(writes))
-	for _, wr := range writes {
-		appsOf[wr.DeviceUUID] = wr.Apps
-	}
-	msgs := make([]outbox.Message, 0, len(written))
-	for _, wr := range written {
-		appsJSON, err := json.Marshal(appsOf[wr.DeviceUUID])
-		if err != nil {
-			return 0, fmt.Errorf("encode target of %s: %w", wr.DeviceUUID, err)
-		}
-		cfg := configs[wr.DeviceUUID]
-		if len(cfg) == 0 {
-			cfg = json.RawMessage(`{}`)
-		}
-		msg, err := outbox.JSON(wr.DeviceUUID+"-"+strconv.FormatInt(wr.Version, 10), w.subj.DeviceTarget(wr.DeviceUUID),
-			streams.TargetV1{wr.DeviceUUID: {Apps: appsJSON, Config: cfg, Version: wr.Version}})
-		if err != nil {
-			return 0, err
-		}
-		msgs = append(msgs, msg)
-	}
-	if err := outbox.Add(ctx, w.tx, msgs...); err != nil {
-		return 0, fmt.Errorf("notify rolled back devices: %w", err)
+	if _, err := target.Save(ctx, w.tx, w.subj, writes); err != nil {
+		return 0, fmt.Errorf("write and announce old targets: %w", err)
 	}
 	res, err := w.tx.Query(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceRolledBack)+`, completed_at = now(),
 		updated_at = now()

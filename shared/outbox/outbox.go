@@ -121,7 +121,8 @@ func idOf(m Message) string {
 // Relay publishes outbox rows to JetStream. Several relays may run at once: each claims rows with
 // FOR UPDATE SKIP LOCKED, publishes them, waits for JetStream's acks, and deletes them in the same
 // transaction. A crash after publishing and before the delete republishes with the same Nats-Msg-Id,
-// which JetStream drops as a duplicate.
+// which JetStream drops as a duplicate. Ordered messages (OrderedMessage) go through PublishOrdered, so
+// a relay never puts an older version last on a subject another writer has moved on.
 type Relay struct {
 	pool  *pgxpool.Pool
 	js    jetstream.JetStream
@@ -249,7 +250,19 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 			r.log.Error().Err(err).Int64("seq", c.seq).Msg("outbox relay: dropping the rest of an unreadable bundle")
 		}
 	}
-	if err := publishAll(ctx, r.js, msgs); err != nil {
+	plain, ordered := msgs[:0:0], []Ordered(nil)
+	for _, m := range msgs {
+		if stream, version, subject, ok := parseOrdered(m.Subject); ok {
+			m.Subject = subject
+			ordered = append(ordered, Ordered{Stream: stream, Version: version, Msg: m})
+			continue
+		}
+		plain = append(plain, m)
+	}
+	if err := publishAll(ctx, r.js, plain); err != nil {
+		return 0, err
+	}
+	if err := PublishOrdered(ctx, r.js, ordered); err != nil {
 		return 0, err
 	}
 	seqs := make([]int64, len(claimed))

@@ -3,28 +3,19 @@ package target
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
 // KindTargetV1 is the Fleetshift-Kind header of target notifications (streams.TargetV1).
 const KindTargetV1 = "target.v1"
-
-// PublishWindow is how many target notifications Publish keeps in flight (published, ack not yet
-// received) at most. It stays well below the JetStream client's own async limit (4000 by default), so
-// other publishers sharing the same client are not starved.
-const PublishWindow = 1024
-
-// ackTimeout is how long Publish waits for the oldest in-flight acknowledgement before giving up.
-const ackTimeout = 30 * time.Second
 
 // Current is one device's stored target state as device_target_state holds it.
 type Current struct {
@@ -87,10 +78,19 @@ func Message(subj streams.Subjects, c Current) *nats.Msg {
 		Subject: subj.DeviceTarget(c.DeviceUUID),
 		Data:    encode(c),
 		Header: nats.Header{
-			jetstream.MsgIDHeader: []string{c.DeviceUUID + "-" + strconv.FormatInt(c.Version, 10)},
+			jetstream.MsgIDHeader: []string{msgID(c)},
 			streams.HeaderKind:    []string{KindTargetV1},
+			outbox.HeaderVersion:  []string{strconv.FormatInt(c.Version, 10)},
 		},
 	}
+}
+
+func msgID(c Current) string { return c.DeviceUUID + "-" + strconv.FormatInt(c.Version, 10) }
+
+// OutboxMessage is the notification of c as an ordered outbox message (outbox.OrderedMessage): the relay
+// publishes it only if the device's last target message is older, so it never replaces a newer one.
+func OutboxMessage(subj streams.Subjects, c Current) outbox.Message {
+	return outbox.OrderedMessage(subj.TargetsStream(), c.Version, msgID(c), subj.DeviceTarget(c.DeviceUUID), encode(c))
 }
 
 // encode builds the TargetV1 document by hand: the stored documents are already JSON, and
@@ -111,77 +111,24 @@ func encode(c Current) []byte {
 	return b
 }
 
-// Publish notifies every device in targets of its target state (see Message) and returns once
-// JetStream has acknowledged every message, so each device's latest target is durably in the TARGETS
-// stream (one message kept per device subject) and was delivered to live subscribers. Messages are
-// published asynchronously with at most PublishWindow awaiting acknowledgement. Publishing the same
-// generation again is harmless: JetStream drops it as a duplicate within the stream's window, and a
-// device ignores a version not newer than the one it has. It returns an error if any publish fails or
-// is not acknowledged; some devices may then have been notified and others not, and calling Publish
-// again with the same targets is the way to finish.
+// Publish notifies every device in targets of its target state (see Message) and returns once JetStream
+// has acknowledged every message, so each device's latest target is durably in the TARGETS stream (one
+// message kept per device subject) and was delivered to live subscribers. It publishes in order
+// (outbox.PublishOrdered): a device's message replaces the last one on its subject only if its version
+// is newer, so a writer notifying late can never leave an older target last while a newer one was
+// already announced. Publishing the same generation again is harmless (it is already there; JetStream
+// would also drop it as a duplicate). On error some devices may have been notified and others not;
+// calling Publish again with the same targets is the way to finish.
 func Publish(ctx context.Context, js jetstream.JetStream, subj streams.Subjects, targets []Current) error {
 	if len(targets) == 0 {
 		return nil
 	}
-	pending := make([]jetstream.PubAckFuture, 0, min(len(targets), PublishWindow))
-	head := 0 // index of the oldest future not yet awaited
-	timer := time.NewTimer(ackTimeout)
-	defer timer.Stop()
-	awaitOldest := func() error {
-		f := pending[head]
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		timer.Reset(ackTimeout)
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("notify %s: %w", f.Msg().Subject, err)
-		case <-timer.C:
-			return fmt.Errorf("notify %s: no acknowledgement within %s", f.Msg().Subject, ackTimeout)
-		case <-ctx.Done():
-			return fmt.Errorf("notify %s: %w", f.Msg().Subject, ctx.Err())
-		}
-		pending[head] = nil
-		head++
-		return nil
+	msgs := make([]outbox.Ordered, len(targets))
+	for i, c := range targets {
+		msgs[i] = outbox.Ordered{Stream: subj.TargetsStream(), Version: c.Version, Msg: Message(subj, c)}
 	}
-	for _, c := range targets {
-		if len(pending)-head >= PublishWindow {
-			if err := awaitOldest(); err != nil {
-				return err
-			}
-		}
-		if head >= PublishWindow { // compact: the slice never holds more than two windows
-			n := copy(pending, pending[head:])
-			clear(pending[n:])
-			pending, head = pending[:n], 0
-		}
-		msg := Message(subj, c)
-		for {
-			f, err := js.PublishMsgAsync(msg)
-			if err == nil {
-				pending = append(pending, f)
-				break
-			}
-			// The client is shared: other publishers may have filled its async window. Make room
-			// by waiting for one of ours, or give up if none of ours is in flight.
-			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && head < len(pending) {
-				if err := awaitOldest(); err != nil {
-					return err
-				}
-				continue
-			}
-			return fmt.Errorf("notify %s: %w", msg.Subject, err)
-		}
-	}
-	for head < len(pending) {
-		if err := awaitOldest(); err != nil {
-			return err
-		}
+	if err := outbox.PublishOrdered(ctx, js, msgs); err != nil {
+		return fmt.Errorf("notify %d devices: %w", len(targets), err)
 	}
 	return nil
 }

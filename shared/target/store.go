@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/outbox"
+	"github.com/fleetshift/fleetshift/streams"
 )
 
 // Write is one device's new target. A nil Config keeps the device's current config.
@@ -22,6 +24,33 @@ type Written struct {
 	DeviceUUID string
 	Version    int64
 	ETag       string // unquoted
+}
+
+// Save is the one path that writes device targets and notifies the devices: Apply, then, in the same
+// transaction, one ordered notification per written device (OutboxMessage) with the document as
+// stored, so the device hears of it even when the process dies right after the commit, and never hears
+// an older target last. (The dispatcher's set-based ApplyImage notifies with Publish, ordered as well.)
+func Save(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []Write) ([]Written, error) {
+	written, err := Apply(ctx, tx, writes)
+	if err != nil || len(written) == 0 {
+		return written, err
+	}
+	uuids := make([]string, len(written))
+	for i, w := range written {
+		uuids[i] = w.DeviceUUID
+	}
+	cur, err := Load(ctx, tx, uuids)
+	if err != nil {
+		return nil, fmt.Errorf("read written targets: %w", err)
+	}
+	msgs := make([]outbox.Message, len(cur))
+	for i, c := range cur {
+		msgs[i] = OutboxMessage(subj, c)
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return nil, fmt.Errorf("notify %d written targets: %w", len(cur), err)
+	}
+	return written, nil
 }
 
 // Apply writes target states set-based: one COPY of the new documents into a temporary table and one

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -18,7 +17,6 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/device"
-	"github.com/fleetshift/fleetshift/shared/outbox"
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -121,49 +119,11 @@ func Insert(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d New) (Creat
 	return Created{UUID: d.UUID, APIKey: key, Written: written}, nil
 }
 
-// WriteTargets writes target states with target.Apply and, in the same transaction, one TargetV1 outbox
-// message per device on its target subject (Nats-Msg-Id "<uuid>-<version>"), so the device is notified
-// even when the process dies right after the commit.
+// WriteTargets writes target states and notifies their devices in order (target.Save: the write and,
+// in the same transaction, one ordered TargetV1 outbox message per device, Nats-Msg-Id
+// "<uuid>-<version>"), so the device is notified even when the process dies right after the commit.
 func WriteTargets(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []target.Write) ([]target.Written, error) {
-	written, err := target.Apply(ctx, tx, writes)
-	if err != nil {
-		return nil, err
-	}
-	uuids := make([]string, len(written))
-	for i, w := range written {
-		uuids[i] = w.DeviceUUID
-	}
-	rows, err := tx.Query(ctx, `SELECT device_uuid, apps, config, version FROM device_target_state
-		WHERE device_uuid = ANY($1)`, uuids)
-	if err != nil {
-		return nil, fmt.Errorf("read written targets: %w", err)
-	}
-	var msgs []outbox.Message
-	for rows.Next() {
-		var uuid string
-		var dt streams.DeviceTarget
-		var apps, cfg []byte
-		if err := rows.Scan(&uuid, &apps, &cfg, &dt.Version); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read written targets: %w", err)
-		}
-		dt.Apps, dt.Config = json.RawMessage(apps), json.RawMessage(cfg)
-		m, err := outbox.JSON(uuid+"-"+strconv.FormatInt(dt.Version, 10), subj.DeviceTarget(uuid),
-			streams.TargetV1{uuid: dt})
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		msgs = append(msgs, m)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read written targets: %w", err)
-	}
-	if err := outbox.Add(ctx, tx, msgs...); err != nil {
-		return nil, err
-	}
-	return written, nil
+	return target.Save(ctx, tx, subj, writes)
 }
 
 // AnnounceWritten tells a (this replica's) announcer of written targets; nil is allowed.
