@@ -29,7 +29,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +41,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/apierr"
 	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/shared/command"
+	"github.com/fleetshift/fleetshift/shared/device"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/streams"
@@ -141,23 +141,20 @@ func New(cfg Config) (*Service, error) {
 	}, nil
 }
 
-// deviceUUIDPattern is the devices.uuid alphabet.
-var deviceUUIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // Do carries out verb on rollout rolloutID (and device deviceUUID for Rollback) on behalf of actor
 // (auth.Principal.Actor()). Errors wrap apierr sentinels: ErrInvalid (malformed id, unknown verb),
 // ErrNotFound (no such rollout, device not in it), ErrConflict (the verb does not apply to the
 // rollout's status; the message says why); anything else is internal, and then nothing changed.
 func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, actor string) (Result, error) {
 	if _, err := uuid.Parse(rolloutID); err != nil {
-		return Result{}, apierr.Invalid("id", "not a rollout id: %q", rolloutID)
+		return Result{}, apierr.Invalid("id", "expected a rollout id (a UUID), got %q", rolloutID)
 	}
 	if verb == Rollback {
-		if !deviceUUIDPattern.MatchString(deviceUUID) {
-			return Result{}, apierr.Invalid("device_uuid", "not a device uuid: %q", deviceUUID)
+		if !device.ValidUUID(deviceUUID) {
+			return Result{}, apierr.Invalid("device_uuid", "expected a device uuid (1-64 of A-Z a-z 0-9 _ -), got %q", deviceUUID)
 		}
 	} else if deviceUUID != "" {
-		return Result{}, apierr.Invalid("device_uuid", "only rollback takes a device")
+		return Result{}, apierr.Invalid("device_uuid", "only the rollback verb takes a device; %s acts on the whole rollout", verb)
 	}
 	// The verb runs to its end even when the caller goes away: an answer lost is better than a
 	// transaction cut between its write and its commit.

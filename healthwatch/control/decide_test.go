@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"testing"
 
@@ -44,5 +45,31 @@ func TestVerbsFollowTheTransitionTable(t *testing.T) {
 			require.Error(t, err, "%s on %s", verb, from)
 			require.Contains(t, err.Error(), "it has ended", "%s on %s", verb, from)
 		}
+	}
+}
+
+// TestBadInputNamesFieldAndShape: malformed ids and verbs are 400s naming the field and what it expects.
+func TestBadInputNamesFieldAndShape(t *testing.T) {
+	t.Parallel()
+	s := &Service{}
+	const rollout = "7d0e9c1e-0000-4000-8000-000000000001"
+	cases := []struct {
+		verb             Verb
+		id, device       string
+		field, code, say string
+	}{
+		{Pause, "nope", "", "id", "invalid_id", "expected a rollout id (a UUID)"},
+		{Rollback, rollout, "bad uuid!", "device_uuid", "invalid_device_uuid", "expected a device uuid (1-64 of A-Z a-z 0-9 _ -)"},
+		{Pause, rollout, "dev-1", "device_uuid", "invalid_device_uuid", "only the rollback verb takes a device"},
+		{Verb("explode"), rollout, "", "", "invalid_verb", "start, pause, resume, cancel, approve, rollback-all, rollback"},
+	}
+	for _, c := range cases {
+		_, err := s.Do(context.Background(), c.verb, c.id, c.device, "test")
+		require.ErrorIs(t, err, apierr.ErrInvalid, "%s %s %s", c.verb, c.id, c.device)
+		var ae *apierr.Error
+		require.ErrorAs(t, err, &ae)
+		require.Equal(t, c.field, ae.Field)
+		require.Equal(t, c.code, ae.Code)
+		require.Contains(t, ae.Message, c.say)
 	}
 }
