@@ -45,6 +45,9 @@ type Config struct {
 	PublicNATSURL string
 	// MaxPageSize caps list pages (default 500).
 	MaxPageSize int
+	// RequestTimeout bounds each request's database work, a wait for a pool connection included
+	// (default 10s); past it the answer is 503 unavailable + Retry-After.
+	RequestTimeout time.Duration
 	// Device tunes the device API (cache, limits); its Pool, NATS, Subjects, Log and PublicNATSURL are
 	// taken from the fields above.
 	Device deviceapi.Config
@@ -76,12 +79,15 @@ func New(cfg Config) (*Service, error) {
 	}
 	dc := cfg.Device
 	dc.Pool, dc.JS, dc.NC, dc.Subjects, dc.Log, dc.PublicNATSURL = cfg.Pool, cfg.JS, cfg.NC, cfg.Subjects, cfg.Log, cfg.PublicNATSURL
+	if dc.RequestTimeout == 0 {
+		dc.RequestTimeout = cfg.RequestTimeout
+	}
 	devices, err := deviceapi.New(dc)
 	if err != nil {
 		return nil, err
 	}
 	operator, err := operatorapi.New(operatorapi.Config{Pool: cfg.Pool, NC: cfg.NC, Subjects: cfg.Subjects, Log: cfg.Log,
-		Operators: ops, Targets: devices, MaxPageSize: cfg.MaxPageSize})
+		Operators: ops, Targets: devices, MaxPageSize: cfg.MaxPageSize, RequestTimeout: cfg.RequestTimeout})
 	if err != nil {
 		return nil, err
 	}

@@ -302,3 +302,52 @@ func TestDatabaseTerminatedIs503(t *testing.T) {
 		return nil
 	})
 }
+
+// With every pool connection busy (a hung or saturated database), a request waits at most the request
+// timeout for one and is then answered 503 unavailable with Retry-After, not left hanging or a 500.
+func TestPoolExhaustedIs503(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	// Set up through a service on the test database's own pool, unhurried.
+	setup := apitest.Setup(t, apitest.Options{DB: db})
+	id, key := setup.CreateDevice(map[string]any{"device_name": "a"})
+	res := setup.Do("POST", "/api/v1/provisioning-keys", map[string]any{"fleet_id": "f1"}, apitest.Admin())
+	require.Equal(t, 201, res.Status, string(res.Body))
+	provKey := res.JSON(t)["key"].(string)
+
+	e := apitest.Setup(t, apitest.Options{DB: db, NATS: setup.NATS, Pool: pool, RequestTimeout: 300 * time.Millisecond})
+	held, err := pool.Acquire(e.Ctx)
+	require.NoError(t, err)
+	for _, r := range []struct {
+		method, path, body string
+		headers            map[string]string
+	}{
+		{"GET", "/api/v1/devices", "", apitest.Bearer("not-the-bootstrap-token")},
+		{"GET", "/api/v1/devices/" + id, "", apitest.Admin()},
+		{"POST", "/api/v1/device/register", `{"device_name":"b"}`, apitest.Bearer(provKey)},
+		{"GET", "/api/v1/device/" + id + "/state", "", apitest.Bearer(key + "-other")},
+		{"PATCH", "/api/v1/device/state", `{"` + id + `":{"apps":{}}}`, apitest.Bearer(key + "-other")},
+	} {
+		var body any
+		if r.body != "" {
+			body = r.body
+		}
+		res := e.Do(r.method, r.path, body, r.headers)
+		require.Equal(t, 503, res.Status, "%s %s: %s", r.method, r.path, res.Body)
+		require.Equal(t, "unavailable", res.ErrorCode(t), "%s %s", r.method, r.path)
+		require.NotEmpty(t, res.Header.Get("Retry-After"), "%s %s", r.method, r.path)
+	}
+	held.Release()
+	wait.For(t, 10*time.Second, func() error {
+		if res := e.Do("GET", "/api/v1/devices/"+id, nil, apitest.Admin()); res.Status != 200 {
+			return fmt.Errorf("still %d: %s", res.Status, res.Body)
+		}
+		return nil
+	})
+}

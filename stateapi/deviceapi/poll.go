@@ -55,7 +55,8 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 	}
 	defer s.coldPolls.release()
 	id = strings.Clone(id) // it may become a cache key
-	ctx := c.UserContext()
+	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.RequestTimeout)
+	defer cancel()
 	f := s.cache.begin(id)
 	defer s.cache.end(f)
 	var (

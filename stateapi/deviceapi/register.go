@@ -1,6 +1,7 @@
 package deviceapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +36,8 @@ func (s *Service) register(c *fiber.Ctx) error {
 		return err
 	}
 	defer s.registrations.release()
-	ctx := c.UserContext()
+	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.RequestTimeout)
+	defer cancel()
 	hash := auth.HashKey(key)
 	var resp struct {
 		UUID    string `json:"uuid"`

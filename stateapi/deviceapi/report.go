@@ -31,7 +31,8 @@ func (s *Service) reportState(c *fiber.Ctx) error {
 		return err
 	}
 	hash := sha256.Sum256([]byte(key))
-	ctx := c.UserContext()
+	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.RequestTimeout)
+	defer cancel()
 	body := bytes.TrimSpace(c.Body())
 	if len(body) == 0 {
 		return apierr.New(apierr.ErrInvalid, "invalid_json", "a JSON body is required")

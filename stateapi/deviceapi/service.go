@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -77,6 +78,9 @@ type Config struct {
 	ReportInterval time.Duration
 	// OverloadRetryAfter is the Retry-After sent with 503 overloaded (default 2s).
 	OverloadRetryAfter time.Duration
+	// RequestTimeout bounds a request's database work, a wait for a pool connection included (default
+	// httpio.DefaultRequestTimeout); past it: 503 unavailable + Retry-After.
+	RequestTimeout time.Duration
 }
 
 // Service is the device API.
@@ -109,6 +113,7 @@ func New(cfg Config) (*Service, error) {
 	cfg.ReportBurst = cmp.Or(cfg.ReportBurst, DefaultReportBurst)
 	cfg.ReportInterval = cmp.Or(cfg.ReportInterval, DefaultReportInterval)
 	cfg.OverloadRetryAfter = cmp.Or(cfg.OverloadRetryAfter, DefaultOverloadRetryAfter)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, httpio.DefaultRequestTimeout)
 	return &Service{
 		cfg:           cfg,
 		log:           cfg.Log,

@@ -10,6 +10,7 @@ package operatorapi
 import (
 	"cmp"
 	"errors"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/fleetshift/fleetshift/shared/auth"
 	"github.com/fleetshift/fleetshift/stateapi/internal/devicestore"
+	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -34,6 +36,9 @@ type Config struct {
 	Targets devicestore.Announcer
 	// MaxPageSize caps list pages (default 500).
 	MaxPageSize int
+	// RequestTimeout bounds each request's database work, a wait for a pool connection included
+	// (default httpio.DefaultRequestTimeout); past it: 503 unavailable + Retry-After.
+	RequestTimeout time.Duration
 }
 
 // Service is the operator API.
@@ -58,6 +63,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.Subjects = streams.New("")
 	}
 	cfg.MaxPageSize = cmp.Or(cfg.MaxPageSize, 500)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, httpio.DefaultRequestTimeout)
 	return &Service{cfg: cfg, log: cfg.Log, ops: cfg.Operators}, nil
 }
 
@@ -66,33 +72,35 @@ func (s *Service) Register(r fiber.Router) {
 	read := s.ops.Require(auth.ScopeRead)
 	operate := s.ops.Require(auth.ScopeOperate)
 	admin := s.ops.Require(auth.ScopeAdmin)
+	// Every route: a deadline first (token checks read the database too), then the scope.
+	deadline := httpio.Deadline(s.cfg.RequestTimeout)
 
-	r.Post("/api/v1/devices", operate, s.createDevice)
-	r.Get("/api/v1/devices", read, s.listDevices)
-	r.Get("/api/v1/devices/:uuid", read, s.getDevice)
-	r.Delete("/api/v1/devices/:uuid", operate, s.revokeDevice)
-	r.Put("/api/v1/devices/:uuid/target-state", operate, s.putDeviceTarget)
-	r.Get("/api/v1/devices/:uuid/target-state", read, s.getDeviceTarget)
-	r.Get("/api/v1/devices/:uuid/current-state", read, s.getCurrentState)
-	r.Put("/api/v1/fleets/:fleet_id/target-state", operate, s.putFleetTarget)
-	r.Get("/api/v1/fleets/:fleet_id/target-state", read, s.getFleetTarget)
+	r.Post("/api/v1/devices", deadline, operate, s.createDevice)
+	r.Get("/api/v1/devices", deadline, read, s.listDevices)
+	r.Get("/api/v1/devices/:uuid", deadline, read, s.getDevice)
+	r.Delete("/api/v1/devices/:uuid", deadline, operate, s.revokeDevice)
+	r.Put("/api/v1/devices/:uuid/target-state", deadline, operate, s.putDeviceTarget)
+	r.Get("/api/v1/devices/:uuid/target-state", deadline, read, s.getDeviceTarget)
+	r.Get("/api/v1/devices/:uuid/current-state", deadline, read, s.getCurrentState)
+	r.Put("/api/v1/fleets/:fleet_id/target-state", deadline, operate, s.putFleetTarget)
+	r.Get("/api/v1/fleets/:fleet_id/target-state", deadline, read, s.getFleetTarget)
 
-	r.Post("/api/v1/provisioning-keys", admin, s.createProvisioningKey)
-	r.Get("/api/v1/provisioning-keys", admin, s.listProvisioningKeys)
-	r.Delete("/api/v1/provisioning-keys/:id", admin, s.revokeProvisioningKey)
-	r.Post("/api/v1/tokens", admin, s.createToken)
-	r.Get("/api/v1/tokens", admin, s.listTokens)
-	r.Delete("/api/v1/tokens/:id", admin, s.revokeToken)
+	r.Post("/api/v1/provisioning-keys", deadline, admin, s.createProvisioningKey)
+	r.Get("/api/v1/provisioning-keys", deadline, admin, s.listProvisioningKeys)
+	r.Delete("/api/v1/provisioning-keys/:id", deadline, admin, s.revokeProvisioningKey)
+	r.Post("/api/v1/tokens", deadline, admin, s.createToken)
+	r.Get("/api/v1/tokens", deadline, admin, s.listTokens)
+	r.Delete("/api/v1/tokens/:id", deadline, admin, s.revokeToken)
 
-	r.Get("/api/v1/image-policies", read, s.listPolicies)
-	r.Post("/api/v1/image-policies", operate, s.createPolicy)
-	r.Get("/api/v1/image-policies/:id", read, s.getPolicy)
-	r.Put("/api/v1/image-policies/:id", operate, s.replacePolicy)
-	r.Delete("/api/v1/image-policies/:id", operate, s.deletePolicy)
+	r.Get("/api/v1/image-policies", deadline, read, s.listPolicies)
+	r.Post("/api/v1/image-policies", deadline, operate, s.createPolicy)
+	r.Get("/api/v1/image-policies/:id", deadline, read, s.getPolicy)
+	r.Put("/api/v1/image-policies/:id", deadline, operate, s.replacePolicy)
+	r.Delete("/api/v1/image-policies/:id", deadline, operate, s.deletePolicy)
 
-	r.Post("/api/v1/rollouts/preview", read, s.preview)
-	r.Get("/api/v1/rollouts", read, s.listRollouts)
-	r.Get("/api/v1/rollouts/:id", read, s.getRollout)
-	r.Get("/api/v1/rollouts/:id/devices", read, s.listRolloutDevices)
-	r.Get("/api/v1/rollouts/:id/events", read, s.listRolloutEvents)
+	r.Post("/api/v1/rollouts/preview", deadline, read, s.preview)
+	r.Get("/api/v1/rollouts", deadline, read, s.listRollouts)
+	r.Get("/api/v1/rollouts/:id", deadline, read, s.getRollout)
+	r.Get("/api/v1/rollouts/:id/devices", deadline, read, s.listRolloutDevices)
+	r.Get("/api/v1/rollouts/:id/events", deadline, read, s.listRolloutEvents)
 }

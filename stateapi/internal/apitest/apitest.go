@@ -51,6 +51,8 @@ type Options struct {
 	Healthwatch bool
 	// SkipReady does not wait for /readyz (a test of an unreachable database).
 	SkipReady bool
+	// RequestTimeout bounds each request's database work (default: the service's).
+	RequestTimeout time.Duration
 	// Device tunes the device API (limits).
 	Device deviceapi.Config
 }
@@ -70,7 +72,8 @@ func Setup(t *testing.T, o Options) *Env {
 		pool = o.DB.Pool
 	}
 	svc, err := stateapi.New(stateapi.Config{Pool: pool, JS: o.NATS.JS, NC: o.NATS.NC, Subjects: o.NATS.Subjects,
-		Log: logging.Nop(), AdminToken: AdminToken, PublicNATSURL: "nats://devices.example:4222", Device: o.Device})
+		Log: logging.Nop(), AdminToken: AdminToken, PublicNATSURL: "nats://devices.example:4222", Device: o.Device,
+		RequestTimeout: o.RequestTimeout})
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()

@@ -4,9 +4,11 @@
 package httpio
 
 import (
+	"context"
 	"encoding/base64"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
@@ -18,6 +20,20 @@ import (
 
 // DefaultMaxBody is the largest JSON body an operator route reads (a target state, a policy).
 const DefaultMaxBody = 512 << 10
+
+// DefaultRequestTimeout bounds the database work of one request, waiting for a pool connection included:
+// past it the request fails with a timeout, which apierr answers 503 unavailable + Retry-After.
+const DefaultRequestTimeout = 10 * time.Second
+
+// Deadline returns a handler giving the rest of the chain a request context that ends after d.
+func Deadline(d time.Duration) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		ctx, cancel := context.WithTimeout(c.UserContext(), d)
+		defer cancel()
+		c.SetUserContext(ctx)
+		return c.Next()
+	}
+}
 
 // DecodeBody decodes the request's JSON body into v, refusing a body over max bytes (413, code
 // body_too_large) and any string that is not valid UTF-8 or holds NUL or a lone surrogate (400 naming
