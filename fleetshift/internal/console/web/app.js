@@ -323,7 +323,9 @@
     const loadDevices = async () => {
       const st = $('#d-status').value;
       const res = await api('GET', `/api/v1/rollouts/${id}/devices?limit=500${st ? '&status=' + st : ''}`);
-      const list = res.devices || [];
+      // Problems first: failed, then rolled back, then the rest in batch order.
+      const rank = (d) => ({ failed: 0, rolled_back: 1 }[d.status] ?? 2);
+      const list = (res.devices || []).map((d, i) => [d, i]).sort((a, b) => rank(a[0]) - rank(b[0]) || a[1] - b[1]).map((x) => x[0]);
       $('#r-devices').innerHTML = list.length ? list.map((d) => `<tr data-device="${esc(d.device_uuid)}">
         <td><div>${esc(d.device_name || d.device_uuid)}</div><div class="sub mono">${esc(d.device_uuid)}</div></td>
         <td class="num">${d.batch_number}</td><td>${pill(d.status)}</td>
@@ -426,7 +428,7 @@
     pts.push([end, pts[pts.length - 1][1]]);
     const W = 560; const H = 200; const L = 44; const R = 12; const T = 12; const B = 26;
     const t0 = pts[0][0]; const t1 = Math.max(end, t0 + 1000);
-    const ymax = Math.max(thr * 1.3, ...pts.map((p) => p[1] * 1.1), 0.05);
+    const ymax = Math.min(1, Math.max(thr * 1.3, ...pts.map((p) => p[1] * 1.1), 0.05));
     const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
     const y = (v) => T + (1 - v / ymax) * (H - T - B);
     let d = `M${x(pts[0][0]).toFixed(1)},${y(pts[0][1]).toFixed(1)}`;
