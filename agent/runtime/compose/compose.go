@@ -203,6 +203,11 @@ func (r *Runtime) applyApp(ctx context.Context, id string, app wire.App) error {
 	if err := os.MkdirAll(r.appDir(id), 0o755); err != nil {
 		return fmt.Errorf("apply app %s: %w", id, err)
 	}
+	kept := r.loadKept(id)
+	running := map[string]string{} // service -> image ID it runs before this update
+	if len(changed) > 0 && hadPrev {
+		running = r.serviceImageIDs(ctx, id)
+	}
 	if len(killFirst) > 0 && len(oldDoc) > 0 {
 		if _, err := r.compose(ctx, id, append([]string{"stop"}, killFirst...)...); err != nil {
 			return r.fail(id, changed, fmt.Errorf("apply app %s: stop %v: %w", id, killFirst, err))
@@ -211,9 +216,24 @@ func (r *Runtime) applyApp(ctx context.Context, id string, app wire.App) error {
 	if err := writeFile(file, doc); err != nil {
 		return fmt.Errorf("apply app %s: %w", id, err)
 	}
-	if len(changed) > 0 {
-		if _, err := r.compose(ctx, id, append([]string{"pull"}, changed...)...); err != nil {
-			pullErr := fmt.Errorf("apply app %s: pull %v: %w", id, changed, err)
+	// A service going back to the image it ran before gets that exact image again (kept locally, by
+	// image ID), even when its tag has moved in the registry since or the registry is unreachable.
+	toPull := changed
+	if len(changed) > 0 && hadPrev {
+		toPull = nil
+		for _, s := range app.Services {
+			if !slices.Contains(changed, s.ServiceName) {
+				continue
+			}
+			if k, ok := kept[s.ServiceName]; ok && k.Ref == s.Image() && r.restoreImage(ctx, id, s.ServiceName, k) {
+				continue
+			}
+			toPull = append(toPull, s.ServiceName)
+		}
+	}
+	if len(toPull) > 0 {
+		if _, err := r.compose(ctx, id, append([]string{"pull"}, toPull...)...); err != nil {
+			pullErr := fmt.Errorf("apply app %s: pull %v: %w", id, toPull, err)
 			if len(oldDoc) > 0 {
 				if werr := writeFile(file, oldDoc); werr != nil {
 					pullErr = errors.Join(pullErr, werr)
@@ -242,7 +262,77 @@ func (r *Runtime) applyApp(ctx context.Context, id string, app wire.App) error {
 	}
 	r.apps[id] = app
 	delete(r.errs, id)
+	// Keep what each updated service ran before, for a rollback to it.
+	for _, name := range changed {
+		if imageID := running[name]; imageID != "" && prevImages[name] != "" {
+			kept[name] = keptImage{Ref: prevImages[name], ID: imageID}
+		}
+	}
+	if err := r.saveKept(id, kept); err != nil {
+		r.cfg.Log.Warn().Err(err).Str("app", id).Msg("keep previous images")
+	}
 	return nil
+}
+
+// keptImage is the image a service ran before its last update: its reference then and its image ID.
+type keptImage struct {
+	Ref string `json:"ref"`
+	ID  string `json:"id"`
+}
+
+func (r *Runtime) keptFile(appID string) string {
+	return filepath.Join(r.appDir(appID), "previous-images.json")
+}
+
+func (r *Runtime) loadKept(appID string) map[string]keptImage {
+	kept := map[string]keptImage{}
+	if b, err := os.ReadFile(r.keptFile(appID)); err == nil {
+		_ = json.Unmarshal(b, &kept)
+	}
+	return kept
+}
+
+func (r *Runtime) saveKept(appID string, kept map[string]keptImage) error {
+	b, err := json.Marshal(kept)
+	if err != nil {
+		return fmt.Errorf("encode previous images: %w", err)
+	}
+	return writeFile(r.keptFile(appID), b)
+}
+
+// restoreImage points k.Ref at the kept image k.ID again (docker tag) and says whether it could.
+func (r *Runtime) restoreImage(ctx context.Context, appID, service string, k keptImage) bool {
+	args := []string{"tag", k.ID, k.Ref}
+	if _, err := r.run(ctx, r.cfg.Docker, args, args); err != nil {
+		r.cfg.Log.Info().Err(err).Str("app", appID).Str("service", service).Msg("previous image not kept; pulling it")
+		return false
+	}
+	r.cfg.Log.Info().Str("app", appID).Str("service", service).Str("image", k.Ref).Str("id", k.ID).
+		Msg("back to the previous image: using the kept image")
+	return true
+}
+
+// serviceImageIDs returns the image ID each of an app's service containers runs (by the compose labels,
+// which v1 and v2 both set); a failure leaves the map empty (nothing is kept then).
+func (r *Runtime) serviceImageIDs(ctx context.Context, appID string) map[string]string {
+	ids := map[string]string{}
+	args := []string{"ps", "--all", "--quiet", "--no-trunc", "--filter", "label=com.docker.compose.project=" + r.project(appID)}
+	out, err := r.run(ctx, r.cfg.Docker, args, args[:1])
+	if err != nil || len(bytes.TrimSpace(out)) == 0 {
+		return ids
+	}
+	args = append([]string{"inspect", "--format", `{{index .Config.Labels "com.docker.compose.service"}} {{.Image}}`},
+		strings.Fields(string(out))...)
+	out, err = r.run(ctx, r.cfg.Docker, args, args[:1])
+	if err != nil {
+		return ids
+	}
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		if service, imageID, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
+			ids[service] = imageID
+		}
+	}
+	return ids
 }
 
 // fail records err on services and returns it. An app that never ran is remembered so that State
