@@ -180,4 +180,3 @@ func (e *env) state() map[string]wire.ReportedService {
 	}
 	return out
 }
-
