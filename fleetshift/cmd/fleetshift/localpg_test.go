@@ -17,7 +17,7 @@ import (
 
 // TestServeRunsItsOwnPostgres: with DATABASE_URL unset and nothing answering at the default address,
 // serve starts a PostgreSQL cluster under the data dir, is ready, stops the cluster on SIGTERM, and the
-// next start reuses it (a device created before is still there).
+// next start reuses it (a device created before is still there); a failed start stops it too.
 func TestServeRunsItsOwnPostgres(t *testing.T) {
 	if _, err := exec.LookPath("initdb"); err != nil {
 		if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb"); len(m) == 0 {
@@ -64,6 +64,12 @@ func TestServeRunsItsOwnPostgres(t *testing.T) {
 	pid = postmasterPID(t, clusterDir)
 	p.stop(t)
 	requireGone(t, pid)
+
+	// A start-up failure after the cluster started (NATS does not answer) stops it again.
+	failing := append(env[:len(env):len(env)], "NATS_URL=nats://"+closedAddr(t))
+	requireOneLineFailure(t, run(t, failing, "serve"), "cannot reach NATS")
+	_, err = os.Stat(filepath.Join(clusterDir, "postmaster.pid"))
+	require.True(t, os.IsNotExist(err), "the cluster outlived a failed start")
 }
 
 // postmasterPID is the first line of the cluster's postmaster.pid.
