@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -43,6 +45,8 @@ type StatusError struct {
 	Method, Path string
 	Code         int
 	Body         string
+	// RetryAfter is the wait a 429 or 503 answer asked for (Retry-After); zero when it asked none.
+	RetryAfter time.Duration
 }
 
 func (e *StatusError) Error() string {
@@ -110,7 +114,7 @@ func (c *Client) GetState(ctx context.Context, uuid, apiKey, etag string) (State
 	case resp.StatusCode == http.StatusNotModified:
 		return State{NotModified: true, ETag: etag}, nil
 	case resp.StatusCode/100 != 2:
-		return State{}, fmt.Errorf("get target of %s: %w", uuid, &StatusError{"GET", path, resp.StatusCode, trim(b)})
+		return State{}, fmt.Errorf("get target of %s: %w", uuid, &StatusError{Method: "GET", Path: path, Code: resp.StatusCode, Body: trim(b), RetryAfter: retryAfter(resp)})
 	}
 	return State{Body: b, ETag: resp.Header.Get("ETag")}, nil
 }
@@ -151,43 +155,105 @@ func orEmpty(v any) any {
 	return v
 }
 
+// maxRefusals is how many 429/503 answers with Retry-After one call waits out before giving up.
+const maxRefusals = 8
+
 func (c *Client) do(ctx context.Context, method, path string, h http.Header, in, out any) error {
-	var body io.Reader
+	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return fmt.Errorf("encode %s %s: %w", method, path, err)
 		}
-		body = bytes.NewReader(b)
+		payload = b
+	}
+	for refusals := 0; ; refusals++ {
+		b, err := c.send(ctx, method, path, h, payload, in != nil)
+		var se *StatusError
+		if errors.As(err, &se) && se.RetryAfter > 0 && refusals < maxRefusals {
+			// The server is at a limit (429 rate_limited, 503 overloaded or unavailable) and said when to
+			// come back: wait that long plus jitter, so a crowd of refused devices does not return at once.
+			if werr := sleepCtx(ctx, withJitter(se.RetryAfter)); werr != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if out != nil {
+			if err := json.Unmarshal(b, out); err != nil {
+				return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			}
+		}
+		return nil
+	}
+}
+
+// send makes one request and returns the body of a 2xx answer, or a *StatusError.
+func (c *Client) send(ctx context.Context, method, path string, h http.Header, payload []byte, hasBody bool) ([]byte, error) {
+	var body io.Reader
+	if hasBody {
+		body = bytes.NewReader(payload)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	for k, v := range h {
 		req.Header[k] = v
 	}
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: read: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return &StatusError{method, path, resp.StatusCode, trim(b)}
+		return nil, &StatusError{Method: method, Path: path, Code: resp.StatusCode, Body: trim(b), RetryAfter: retryAfter(resp)}
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
+	return b, nil
+}
+
+// retryAfter is the delay a 429 or 503 answer asks for in Retry-After (delta seconds or an HTTP date);
+// zero for other answers or without the header.
+func retryAfter(resp *http.Response) time.Duration {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0
 	}
-	return nil
+	v := strings.TrimSpace(resp.Header.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		return max(time.Duration(secs)*time.Second, 100*time.Millisecond)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 100*time.Millisecond)
+	}
+	return 0
+}
+
+// withJitter spreads d over [d, 1.5d).
+func withJitter(d time.Duration) time.Duration {
+	return d + rand.N(d/2+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func trim(b []byte) string {

@@ -260,7 +260,7 @@ func (a *Agent) connectNATS() error {
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(2 * time.Second),
-		nats.ReconnectJitter(3*time.Second, 5*time.Second),
+//JIT		nats.ReconnectJitter(3*time.Second, 5*time.Second),
 		nats.IgnoreAuthErrorAbort(),
 		// No buffering while disconnected: a report that cannot go now stays pending in the agent.
 		nats.ReconnectBufSize(-1),
@@ -414,6 +414,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				if err := a.poll(ctx); err != nil {
 					pollFails++
 					next = a.jitter(min(a.cfg.PollInterval<<min(pollFails, 20), a.cfg.MaxBackoff))
+					if se := (*client.StatusError)(nil); errors.As(err, &se) && se.RetryAfter > next {
+						next = a.jitter(se.RetryAfter) // the server said when to come back
+					}
 					log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
 				} else {
 					pollFails = 0
