@@ -111,3 +111,11 @@ func TestUnreachableDatabaseIs503(t *testing.T) {
 	require.Equal(t, 429, res.StatusCode)
 	require.Equal(t, "2", res.Header.Get("Retry-After"))
 }
+
+// The walk ends on any input, malformed ones included (it is run on valid documents, but must never hang).
+func TestCheckJSONTextEndsOnMalformedInput(t *testing.T) {
+	t.Parallel()
+	for _, doc := range []string{`[}`, `{"a":[}`, `{"":{"":{"":["imageName":"x"}}:`, `]`, `}`, `{`, `[`, `"`, `"\`, `{"a`, `[1,}`, `{:}`} {
+		_ = apierr.CheckJSONText([]byte(doc), "")
+	}
+}

@@ -110,7 +110,8 @@ func (w *textWalker) value(path string) error {
 			return fieldError(path, "%s", bad)
 		}
 		return nil
-	default: // number, true, false, null
+	default: // number, true, false, null; on a malformed document, at least one byte, so the walk ends
+		w.i++
 		for w.i < len(w.doc) && !strings.ContainsRune(",}] \t\r\n", rune(w.doc[w.i])) {
 			w.i++
 		}
