@@ -136,6 +136,11 @@ func (s Subjects) DeviceFromSubject(subject string) (string, bool) {
 	return uuid, ok && uuid != ""
 }
 
+// MaxReportBytes is the largest report message: the 64 KiB body the HTTP report route accepts in its
+// {"<uuid>": ...} envelope. The REPORTS stream refuses larger messages, and devices' NATS connections
+// may not publish more (the auth callout's payload limit), whatever the server's max_payload.
+const MaxReportBytes = 64<<10 + 256
+
 // Options tune stream storage; the zero value suits a single server.
 type Options struct {
 	// Replicas for every stream (1 on a single server, 3 on a cluster).
@@ -192,6 +197,7 @@ func (s Subjects) StreamConfigs(o Options) []jetstream.StreamConfig {
 			Duplicates:  time.Minute,
 			// healthwatch reads a device's last report (last by subject) before failing it by timeout.
 			AllowDirect: true,
+			MaxMsgSize:  MaxReportBytes,
 			Storage:     storage,
 			Replicas:    replicas,
 		},

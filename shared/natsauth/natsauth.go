@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,6 +72,9 @@ type Grant struct {
 	Name string
 	Pub  []string
 	Sub  []string
+	// MaxPayload bounds each message the connection publishes (0: the server's max_payload); the
+	// server closes a connection that publishes more.
+	MaxPayload int64
 }
 
 // OperatorAuthenticator checks an operator token and returns its scope ("read", "operate", "admin").
@@ -93,6 +97,10 @@ type Config struct {
 	TokenTTL time.Duration
 	// Workers answer requests concurrently (default 32): each first connect of a device costs a query.
 	Workers int
+	// Capacity is how many requests may wait for a worker (default 4,096). Beyond it a request is refused
+	// at once (the client retries after its reconnect wait, with jitter) rather than left to time out in
+	// the server, so a reconnect storm is told to back off instead of piling up.
+	Capacity int
 }
 
 // Service answers authorization requests.
@@ -102,6 +110,7 @@ type Service struct {
 	mu     sync.Mutex
 	cache  map[string]cacheEntry // device uuid -> key hash
 	ready  chan struct{}
+	busy   atomic.Int64
 }
 
 // Ready is closed once Run answers requests.
@@ -131,6 +140,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 32
 	}
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = 4096
+	}
 	return &Service{cfg: cfg, issuer: kp, cache: map[string]cacheEntry{}, ready: make(chan struct{})}, nil
 }
 
@@ -138,9 +150,20 @@ func New(cfg Config) (*Service, error) {
 // revoked device when the server is embedded.
 func (s *Service) Run(ctx context.Context) error {
 	// A reconnect storm (thousands of devices at once) must neither drop requests nor answer them one
-	// by one: requests queue in a large buffer and a bounded pool answers them concurrently.
-	work := make(chan *nats.Msg, 64*1024)
-	sub, err := s.cfg.NC.ChanQueueSubscribe(RequestSubject, "fleetshift-auth", work)
+	// by one: requests queue in a bounded buffer and a bounded pool answers them concurrently; a request
+	// finding the buffer full is refused at once ("server busy"), so its client backs off and retries.
+	work := make(chan *nats.Msg, s.cfg.Capacity)
+	sub, err := s.cfg.NC.QueueSubscribe(RequestSubject, "fleetshift-auth", func(m *nats.Msg) {
+		select {
+		case work <- m:
+		default:
+			s.busy.Add(1)
+			_ = m.Respond(s.refuse(m.Data, errBusy))
+		}
+	})
+	if err == nil {
+		err = sub.SetPendingLimits(-1, -1) // the bounded buffer above is the limit, not the subscription's
+	}
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", RequestSubject, err)
 	}
@@ -192,6 +215,25 @@ func (s *Service) Revoke(uuid string) {
 	}
 }
 
+// Busy is how many requests were refused because Capacity requests were already waiting.
+func (s *Service) Busy() int64 { return s.busy.Load() }
+
+// refuse answers a request with an error, without looking at its credentials.
+func (s *Service) refuse(data []byte, reason error) []byte {
+	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
+	if err != nil {
+		return nil
+	}
+	resp := jwt.NewAuthorizationResponseClaims(req.UserNkey)
+	resp.Audience = req.Server.ID
+	resp.Error = reason.Error()
+	out, err := resp.Encode(s.issuer)
+	if err != nil {
+		return nil
+	}
+	return []byte(out)
+}
+
 func (s *Service) handle(ctx context.Context, data []byte) []byte {
 	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
 	if err != nil {
@@ -211,6 +253,9 @@ func (s *Service) handle(ctx context.Context, data []byte) []byte {
 		uc.Expires = time.Now().Add(s.cfg.TokenTTL).Unix()
 		uc.Pub.Allow.Add(grant.Pub...)
 		uc.Sub.Allow.Add(grant.Sub...)
+		if grant.MaxPayload > 0 {
+			uc.Limits.Payload = grant.MaxPayload
+		}
 		ujwt, err := uc.Encode(s.issuer)
 		if err != nil {
 			resp.Error = "internal error"
@@ -228,6 +273,9 @@ func (s *Service) handle(ctx context.Context, data []byte) []byte {
 
 // errDenied is the one answer a refused client gets, whatever the reason.
 var errDenied = errors.New("authorization violation")
+
+// errBusy refuses a request beyond Capacity.
+var errBusy = errors.New("server busy: retry later")
 
 func (s *Service) authorize(ctx context.Context, o jwt.ConnectOptions) (Grant, error) {
 	switch {
@@ -261,6 +309,8 @@ func (s *Service) DeviceGrant(uuid string) Grant {
 			"$JS.API.DIRECT.GET." + subj.TargetsStream() + "." + target,
 		},
 		Sub: []string{target, DeviceInboxPrefix(uuid) + ".>"},
+		// A report is at most what the HTTP report route accepts; the REPORTS stream refuses more too.
+		MaxPayload: streams.MaxReportBytes,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,9 +26,15 @@ type env struct {
 	js   jetstream.JetStream
 	subj streams.Subjects
 	emb  *broker.Embedded
+	db   *pgtest.DB
 }
 
 func setup(t *testing.T) *env {
+	t.Helper()
+	return setupWith(t, nil)
+}
+
+func setupWith(t *testing.T, mutate func(*natsauth.Config)) *env {
 	t.Helper()
 	db := pgtest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -61,13 +68,17 @@ func setup(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	svc, err := natsauth.New(natsauth.Config{NC: nc, Pool: db.Pool, Subjects: subj, IssuerSeed: seed, Log: logging.Nop(), Server: emb.Server,
+	cfg := natsauth.Config{NC: nc, Pool: db.Pool, Subjects: subj, IssuerSeed: seed, Log: logging.Nop(), Server: emb.Server,
 		Operators: func(_ context.Context, token string) (string, error) {
 			if token == "read-token" {
 				return "read", nil
 			}
 			return "", errors.New("unknown")
-		}})
+		}}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	svc, err := natsauth.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +94,7 @@ func setup(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{emb: emb, url: emb.ClientURL(), svc: svc, nc: nc, js: js, subj: subj}
+	return &env{emb: emb, url: emb.ClientURL(), svc: svc, nc: nc, js: js, subj: subj, db: db}
 }
 
 func connectDevice(t *testing.T, url, uuid, key string, errs chan<- error) (*nats.Conn, error) {
@@ -217,4 +228,94 @@ func msgData(m *nats.Msg) string {
 		return ""
 	}
 	return string(m.Data)
+}
+
+// TestLargeReportsRefused: one device key sending 30 reports of 7 MB (under the server's 8 MiB
+// max_payload) stores none of them: the device's connection may not publish more than a report's size,
+// and the REPORTS stream refuses larger messages from anyone (stateapi included).
+func TestLargeReportsRefused(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ctx := context.Background()
+	big := make([]byte, 7<<20)
+	for i := range big {
+		big[i] = 'a'
+	}
+	for i := range 30 {
+		a, err := connectDevice(t, e.url, "dev-a", "key-a", nil)
+		if err != nil {
+			t.Fatalf("report %d: connect: %v", i, err)
+		}
+		js, _ := jetstream.New(a)
+		pubCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = js.Publish(pubCtx, e.subj.DeviceState("dev-a"), big)
+		cancel()
+		if err == nil {
+			t.Fatalf("report %d of 7 MB was accepted over the device's connection", i)
+		}
+		a.Close()
+	}
+	// The service user's connection may publish 7 MB, but the stream refuses it.
+	if _, err := e.js.Publish(ctx, e.subj.DeviceState("dev-a"), big); err == nil {
+		t.Fatal("the REPORTS stream stored a 7 MB report")
+	}
+	// A report of the largest allowed size still goes through, over the device's own connection.
+	a, err := connectDevice(t, e.url, "dev-a", "key-a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	js, _ := jetstream.New(a)
+	if _, err := js.Publish(ctx, e.subj.DeviceState("dev-a"), big[:streams.MaxReportBytes]); err != nil {
+		t.Fatalf("a report of %d bytes: %v", streams.MaxReportBytes, err)
+	}
+	stream, _ := e.js.Stream(ctx, e.subj.ReportsStream())
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("REPORTS holds %d messages, want only the allowed one", info.State.Msgs)
+	}
+}
+
+// TestStormBeyondCapacityIsRefused: while every worker is stuck (the devices table is locked) and the
+// queue is full, further connects are refused at once ("server busy"), so the clients back off and
+// retry, instead of waiting in the server until its auth timeout; once the database answers again the
+// same devices connect.
+func TestStormBeyondCapacityIsRefused(t *testing.T) {
+	t.Parallel()
+	e := setupWith(t, func(c *natsauth.Config) { c.Workers, c.Capacity = 1, 2 })
+	ctx := context.Background()
+	tx, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE devices IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			if nc, err := connectDevice(t, e.url, "dev-a", "key-a", nil); err == nil {
+				nc.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if e.svc.Busy() == 0 {
+		t.Fatal("12 connects with 1 stuck worker and room for 2 waiting: none was refused as busy")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 10*time.Second, func() error {
+		nc, err := connectDevice(t, e.url, "dev-a", "key-a", nil)
+		if err != nil {
+			return err
+		}
+		nc.Close()
+		return nil
+	})
 }
