@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -188,13 +189,15 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	// rollout's before its devices'.
 	var devEvs []events.Event
 	if len(schedUUIDs) > 0 {
-		if devEvs, err = s.markScheduled(ctx, tx, cmd, r, schedUUIDs, schedVersions); err != nil {
+		moved, err := markScheduled(ctx, tx, cmd, r, schedUUIDs, schedVersions)
+		if err != nil {
 			return res, err
 		}
-		if len(devEvs) != len(schedUUIDs) {
+		if len(moved) != len(schedUUIDs) {
 			// The rollout is locked, so only a writer bypassing its lock could do this: retry.
-			return res, fmt.Errorf("scheduled %d of %d pending devices", len(devEvs), len(schedUUIDs))
+			return res, fmt.Errorf("scheduled %d of %d pending devices", len(moved), len(schedUUIDs))
 		}
+		devEvs = scheduledEvents(cmd, r.newImage, moved)
 	}
 	res.Scheduled = len(schedUUIDs)
 
@@ -260,9 +263,10 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	return res, nil
 }
 
-// markScheduled moves the devices uuids (target generation versions) from pending to scheduled and
-// returns the image.device_scheduled event of each device it moved, for the caller to record.
-func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) ([]events.Event, error) {
+// markScheduled moves the devices uuids (target generation versions) from pending to scheduled in one
+// statement and returns the uuids it moved. A device's details (old image, target version, scheduled_at,
+// health deadline) stay in its row; the events name only the devices.
+func markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.DispatchV1, r rollout, uuids []string, versions []int64) ([]string, error) {
 	rows, err := tx.Query(ctx, `
 		UPDATE device_rollout_status d SET
 			status = `+lifecycle.SQL(lifecycle.DeviceScheduled)+`,
@@ -276,39 +280,32 @@ func (s *Service) markScheduled(ctx context.Context, tx pgx.Tx, cmd streams.Disp
 		FROM unnest($6::text[], $7::bigint[]) AS v(device_uuid, version)
 		WHERE d.rollout_id = $1 AND d.batch_number = $2 AND d.device_uuid = v.device_uuid
 		  AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`
-		RETURNING d.device_uuid, d.old_image, d.target_version`,
+		RETURNING d.device_uuid`,
 		cmd.RolloutID, cmd.Batch, r.healthTimeoutS, r.newImage, r.newTag, uuids, versions)
 	if err != nil {
 		return nil, fmt.Errorf("schedule devices: %w", err)
 	}
-	msg := "scheduled for " + r.newImage
-	evs := make([]events.Event, 0, len(uuids))
-	for rows.Next() {
-		var uuid string
-		var oldImage *string
-		data := deviceScheduledData{Batch: cmd.Batch, NewImage: r.newImage}
-		if err := rows.Scan(&uuid, &oldImage, &data.TargetVersion); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("schedule devices: %w", err)
-		}
-		if oldImage != nil {
-			data.OldImage = *oldImage
-		}
-		evs = append(evs, events.Event{Type: streams.EventDeviceScheduled, RolloutID: cmd.RolloutID,
-			DeviceUUID: uuid, Message: msg, Data: data})
-	}
-	if err := rows.Err(); err != nil {
+	moved, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		return nil, fmt.Errorf("schedule devices: %w", err)
 	}
-	return evs, nil
+	return moved, nil
 }
 
-// deviceScheduledData is the data of an image.device_scheduled event.
-type deviceScheduledData struct {
-	Batch         int    `json:"batch"`
-	TargetVersion int64  `json:"target_version"`
-	OldImage      string `json:"old_image,omitempty"`
-	NewImage      string `json:"new_image"`
+// scheduledEvents are the image.batch_devices_scheduled events of the devices one dispatch moved to
+// scheduled: one per streams.BatchDevicesChunk devices, in uuid order.
+func scheduledEvents(cmd streams.DispatchV1, newImage string, moved []string) []events.Event {
+	slices.Sort(moved)
+	chunks := (len(moved) + streams.BatchDevicesChunk - 1) / streams.BatchDevicesChunk
+	evs := make([]events.Event, 0, chunks)
+	for i := range chunks {
+		devs := moved[i*streams.BatchDevicesChunk : min((i+1)*streams.BatchDevicesChunk, len(moved))]
+		evs = append(evs, events.Event{Type: streams.EventBatchDevicesScheduled, RolloutID: cmd.RolloutID,
+			Message: fmt.Sprintf("batch %d: %d devices scheduled for %s (%d of %d)", cmd.Batch, len(devs), newImage, i+1, chunks),
+			Data: streams.BatchDevicesScheduledV1{Batch: cmd.Batch, NewImage: newImage, Chunk: i + 1, Chunks: chunks,
+				Count: len(devs), Devices: devs}})
+	}
+	return evs
 }
 
 // group is the pending devices of a batch that share one current target document.

@@ -273,13 +273,19 @@ func TestDispatchRewritesExactlyTheBatchAndNotifiesIt(t *testing.T) {
 		AND started_at IS NOT NULL AND status = 'in_progress'`, id))
 
 	// Events: rows and outbox messages from the same transaction.
-	for typ, want := range map[string]int{streams.EventRolloutStarted: 1, streams.EventBatchStarted: 1, streams.EventDeviceScheduled: 4} {
+	// One image.batch_devices_scheduled event names the batch's scheduled devices; no per-device event.
+	for typ, want := range map[string]int{streams.EventRolloutStarted: 1, streams.EventBatchStarted: 1,
+		streams.EventBatchDevicesScheduled: 1, streams.EventDeviceScheduled: 0} {
 		require.Equal(t, want, b.count(t, `SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = $2`, id, typ), typ)
 		require.Equal(t, want, b.count(t, `SELECT count(*) FROM outbox WHERE subject = $1`, b.ns.Subjects.Event(typ, id)), typ)
 	}
-	require.Equal(t, 4, b.count(t, `SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = $2
-		AND device_uuid = ANY($3) AND data->>'old_image' = 'acme/app:1.0' AND (data->>'batch')::int = 1`,
-		id, streams.EventDeviceScheduled, batch1))
+	require.Equal(t, 4, b.count(t, `SELECT count(*) FROM rollout_events e, jsonb_array_elements_text(e.data->'devices') u
+		WHERE e.rollout_id = $1 AND e.event_type = $2 AND e.device_uuid IS NULL AND u = ANY($3)
+		  AND (e.data->>'batch')::int = 1 AND (e.data->>'count')::int = 4 AND e.data->>'new_image' = $4`,
+		id, streams.EventBatchDevicesScheduled, batch1, newImage))
+	// A device's history stays in its row: old image, target version and when it was scheduled.
+	require.Equal(t, 4, b.count(t, `SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND device_uuid = ANY($2)
+		AND old_image = 'acme/app:1.0' AND target_version IS NOT NULL AND scheduled_at IS NOT NULL`, id, batch1))
 
 	// Batch 2 next: only its devices change, and the rollout is not started twice.
 	b.command(t, id, 2, id+"-dispatch-2")
@@ -399,7 +405,12 @@ func TestDispatchOf20000DeviceBatch(t *testing.T) {
 	require.Equal(t, n, b.count(t, `SELECT count(*) FROM device_rollout_status d JOIN device_target_state t USING (device_uuid)
 		WHERE d.rollout_id = $1 AND d.status = 'scheduled' AND t.version = 2 AND d.target_version = 2`, id))
 	require.Equal(t, 10, b.count(t, `SELECT count(*) FROM device_target_state WHERE version = 1`))
-	require.Equal(t, n, b.count(t, `SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = $2`, id, streams.EventDeviceScheduled))
+	// Chunked batch events: every device named once, at most streams.BatchDevicesChunk per event.
+	require.Equal(t, n/streams.BatchDevicesChunk, b.count(t, `SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = $2`,
+		id, streams.EventBatchDevicesScheduled))
+	require.Equal(t, n, b.count(t, `SELECT count(DISTINCT u) FROM rollout_events e, jsonb_array_elements_text(e.data->'devices') u
+		WHERE e.rollout_id = $1 AND e.event_type = $2`, id, streams.EventBatchDevicesScheduled))
+	require.Zero(t, b.count(t, `SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = $2`, id, streams.EventDeviceScheduled))
 	st, err := b.ns.JS.Stream(b.ctx, b.ns.Subjects.TargetsStream())
 	require.NoError(t, err)
 	info, err := st.Info(b.ctx)

@@ -65,10 +65,12 @@ type EventV1 struct {
 
 // Event types (docs/contract.md).
 const (
-	EventWebhookReceived   = "image.webhook_received"
-	EventRolloutCreated    = "image.rollout_created"
-	EventRolloutStarted    = "image.rollout_started"
-	EventBatchStarted      = "image.batch_started"
+	EventWebhookReceived = "image.webhook_received"
+	EventRolloutCreated  = "image.rollout_created"
+	EventRolloutStarted  = "image.rollout_started"
+	EventBatchStarted    = "image.batch_started"
+	// EventDeviceScheduled was one event per scheduled device; the dispatcher now records
+	// EventBatchDevicesScheduled instead (docs/contract.md). Kept so readers of older events know it.
 	EventDeviceScheduled   = "image.device_scheduled"
 	EventDeviceUpdated     = "image.device_updated"
 	EventDeviceFailed      = "image.device_failed"
@@ -88,6 +90,9 @@ const (
 	EventRolloutRolledBack     = "image.rollout_rolled_back"
 	EventRolloutStartRequested = "image.rollout_start_requested"
 	EventBatchApproved         = "image.batch_approved"
+	// EventBatchDevicesScheduled replaces one image.device_scheduled per device: one event per up to
+	// BatchDevicesChunk devices a dispatch moved to scheduled, data BatchDevicesScheduledV1.
+	EventBatchDevicesScheduled = "image.batch_devices_scheduled"
 )
 
 // TargetV1 is what a device receives on its target subject and reads from the TARGETS stream: the same
@@ -172,4 +177,19 @@ type ReportedService struct {
 type Health struct {
 	Status  string          `json:"status"` // healthy, unhealthy, starting
 	Details json.RawMessage `json:"details,omitempty"`
+}
+
+// BatchDevicesChunk is the most devices one image.batch_devices_scheduled event names.
+const BatchDevicesChunk = 1000
+
+// BatchDevicesScheduledV1 is the data of an image.batch_devices_scheduled event: devices of batch Batch
+// moved to scheduled for NewImage by one dispatch, chunk Chunk (from 1) of Chunks. A device's own
+// details (old image, target version, scheduled_at, health deadline) are its device_rollout_status row.
+type BatchDevicesScheduledV1 struct {
+	Batch    int      `json:"batch"`
+	NewImage string   `json:"new_image"`
+	Chunk    int      `json:"chunk"`
+	Chunks   int      `json:"chunks"`
+	Count    int      `json:"count"`
+	Devices  []string `json:"devices"`
 }

@@ -359,8 +359,8 @@ func checkRollout(t *testing.T, db *pgx.Conn, id string) {
 	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE NOT EXISTS
 		(SELECT 1 FROM device_rollout_status s WHERE s.rollout_id = $1 AND s.device_uuid = d.uuid)`, id).Scan(&missing))
 	require.Zero(t, missing, "devices without a row in rollout %s", id)
-	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM (SELECT device_uuid FROM rollout_events
-		WHERE rollout_id = $1 AND event_type = 'image.device_scheduled' GROUP BY device_uuid HAVING count(*) <> 1) x`, id).Scan(&scheduledTwice))
+	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM (SELECT u FROM rollout_events e, jsonb_array_elements_text(e.data->'devices') u
+		WHERE e.rollout_id = $1 AND e.event_type = 'image.batch_devices_scheduled' GROUP BY u HAVING count(*) <> 1) x`, id).Scan(&scheduledTwice))
 	require.Zero(t, scheduledTwice, "devices not scheduled exactly once in rollout %s", id)
 	var total, updated, failed, rolledBack int
 	require.NoError(t, db.QueryRow(ctx, `SELECT total_devices, updated_devices, failed_devices, rolled_back_devices

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/fleetshift/fleetshift/streams"
 )
 
 // TestFlagsAreKebabCase: every flag of every operator verb is kebab-case.
@@ -119,5 +122,37 @@ func TestExitCode(t *testing.T) {
 	err := fmt.Errorf("wrapped: %w", &ExitCodeError{Code: ExitRolloutPaused, Err: errors.New("paused")})
 	if ExitCode(err) != ExitRolloutPaused {
 		t.Fatal("wrapped exit code lost")
+	}
+}
+
+// TestTailPrintsBatchScheduledDevices: an image.batch_devices_scheduled event prints its line and then
+// every device it names, a few per indented line; JSON output is the message as is.
+func TestTailPrintsBatchScheduledDevices(t *testing.T) {
+	devs := []string{"dev-1", "dev-2", "dev-3", "dev-4", "dev-5", "dev-6"}
+	data, err := json.Marshal(streams.BatchDevicesScheduledV1{Batch: 2, NewImage: "acme/app:2", Chunk: 1, Chunks: 1,
+		Count: len(devs), Devices: devs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := json.Marshal(streams.EventV1{ID: "e1", Type: streams.EventBatchDevicesScheduled, RolloutID: "r1",
+		Message: "batch 2: 6 devices scheduled for acme/app:2 (1 of 1)", Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := printEvent(&globals{out: &out, output: FormatTable}, ev); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "image.batch_devices_scheduled r1 - batch 2: 6 devices") ||
+		strings.TrimSpace(lines[1]) != "scheduled: dev-1 dev-2 dev-3 dev-4" || strings.TrimSpace(lines[2]) != "scheduled: dev-5 dev-6" {
+		t.Fatalf("printed:\n%s", out.String())
+	}
+	out.Reset()
+	if err := printEvent(&globals{out: &out, output: FormatJSON}, ev); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out.String()) != string(ev) {
+		t.Fatalf("json output %s", out.String())
 	}
 }

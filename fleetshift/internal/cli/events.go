@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -118,6 +119,28 @@ func printEvent(g *globals, data []byte) error {
 	default:
 		_, err := fmt.Fprintf(g.out, "%s  %-28s %s %s %s\n", ev.Timestamp.Local().Format(time.TimeOnly), ev.Type,
 			cmp.Or(ev.RolloutID, "-"), cmp.Or(ev.DeviceUUID, "-"), ev.Message)
-		return err
+		if err != nil || ev.Type != streams.EventBatchDevicesScheduled {
+			return err
+		}
+		return printScheduledDevices(g, ev.Data)
 	}
+}
+
+// scheduledPerLine is how many device uuids one continuation line of a batch event shows.
+const scheduledPerLine = 4
+
+// printScheduledDevices lists the devices of an image.batch_devices_scheduled event under its line,
+// indented, a few per line, so a tail still shows which devices moved.
+func printScheduledDevices(g *globals, data []byte) error {
+	var d streams.BatchDevicesScheduledV1
+	if err := json.Unmarshal(data, &d); err != nil || len(d.Devices) == 0 {
+		return nil // an event we cannot read further still had its line
+	}
+	for lo := 0; lo < len(d.Devices); lo += scheduledPerLine {
+		line := strings.Join(d.Devices[lo:min(lo+scheduledPerLine, len(d.Devices))], " ")
+		if _, err := fmt.Fprintf(g.out, "          scheduled: %s\n", line); err != nil {
+			return err
+		}
+	}
+	return nil
 }

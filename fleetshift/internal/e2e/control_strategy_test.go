@@ -305,8 +305,9 @@ func TestScheduledBatchCutAtWindowEndResumesNextWindow(t *testing.T) {
 	if n := e.movedTargets("acme/app:2.0"); n != 10 {
 		t.Fatalf("%d targets on the new image, want 10", n)
 	}
-	if n := e.countRows(`SELECT count(*) FROM rollout_events WHERE rollout_id = $1 AND event_type = 'image.device_scheduled'`, id); n != 10 {
-		t.Fatalf("%d device_scheduled events, want 10 (each device once)", n)
+	if n := e.countRows(`SELECT count(*) FROM rollout_events e, jsonb_array_elements_text(e.data->'devices') u
+		WHERE e.rollout_id = $1 AND e.event_type = 'image.batch_devices_scheduled'`, id); n != 10 {
+		t.Fatalf("%d devices named by batch_devices_scheduled events, want 10 (each device once)", n)
 	}
 	if r := e.rollout(id); r.Status != "in_progress" || r.CurrentBatch != 1 {
 		t.Fatalf("rollout in the next window: %+v", r)

@@ -251,7 +251,7 @@ func TestPushToFirstBatch(t *testing.T) {
 		}
 		rows.Close()
 		sort.Strings(types)
-		for _, w := range []string{"image.batch_started", "image.device_scheduled", "image.rollout_created", "image.rollout_started", "image.webhook_received"} {
+		for _, w := range []string{"image.batch_devices_scheduled", "image.batch_started", "image.rollout_created", "image.rollout_started", "image.webhook_received"} {
 			if !contains(types, w) {
 				return fmt.Errorf("event %s missing from %v", w, types)
 			}
