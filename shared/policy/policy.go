@@ -49,7 +49,22 @@ const (
 	DefaultTimezone                  = "UTC"
 	DefaultEnabled                   = true
 	DefaultTagPolicy                 = Glob
+	DefaultOfflineGraceSeconds       = 600
+	DefaultOfflineAction             = OfflineSkip
+	DefaultDynamicInclusion          = true
 )
+
+// What an offline device becomes once its offline grace has passed.
+const (
+	OfflineSkip = "skip" // skipped: neither failed nor counted
+	OfflineFail = "fail" // failed ("device offline"), counted in the failure rate
+)
+
+// OfflineActions are the values of offline_action.
+func OfflineActions() []string { return []string{OfflineSkip, OfflineFail} }
+
+// MaxOfflineGraceSeconds bounds offline_grace_seconds (30 days).
+const MaxOfflineGraceSeconds = 2_592_000
 
 // Limits of the fields, beyond their column types (integers are int4 columns).
 const (
@@ -98,6 +113,14 @@ type Policy struct {
 	TagPolicy                 string          `json:"tag_policy"`
 	SemverRange               *string         `json:"semver_range"`
 	BatchApproval             bool            `json:"batch_approval"`
+	// OfflineGraceSeconds is how long a rollout waits for an offline device in its batch before
+	// OfflineAction applies; its health deadline is suspended meanwhile.
+	OfflineGraceSeconds int32 `json:"offline_grace_seconds"`
+	// OfflineAction is what an offline device past its grace becomes: OfflineSkip or OfflineFail.
+	OfflineAction string `json:"offline_action"`
+	// DynamicInclusion lets a device that registers or starts running the repository join an active
+	// rollout of it.
+	DynamicInclusion bool `json:"dynamic_inclusion"`
 }
 
 // Defaults returns a policy with every default set and no pattern.
@@ -113,6 +136,9 @@ func Defaults() Policy {
 		Timezone:                  DefaultTimezone,
 		Enabled:                   DefaultEnabled,
 		TagPolicy:                 DefaultTagPolicy,
+		OfflineGraceSeconds:       DefaultOfflineGraceSeconds,
+		OfflineAction:             DefaultOfflineAction,
+		DynamicInclusion:          DefaultDynamicInclusion,
 	}
 }
 
@@ -145,6 +171,11 @@ func (p Policy) BatchDelay() time.Duration {
 }
 
 // HealthTimeout is how long a dispatched device has to report healthy.
+// OfflineGrace is how long an offline device may hold its batch.
+func (p Policy) OfflineGrace() time.Duration {
+	return time.Duration(min(max(p.OfflineGraceSeconds, 0), MaxOfflineGraceSeconds)) * time.Second
+}
+
 func (p Policy) HealthTimeout() time.Duration {
 	return time.Duration(min(max(p.HealthCheckTimeoutSeconds, 1), MaxHealthCheckTimeout)) * time.Second
 }
@@ -194,7 +225,9 @@ func (p Policy) Window() (w window.Window, set, ok bool) {
 // Percentages returns the cumulative batch percentages the policy stands for: its own batch_percentages
 // when set; otherwise 10, 50, 100 for 3 batches and an even cumulative split ending at 100 for any other
 // count (1 -> 100; 2 -> 50, 100; 4 -> 25, 50, 75, 100).
-func (p Policy) Percentages() []int { return Percentages(int(p.StagedBatches), ints(p.BatchPercentages)) }
+func (p Policy) Percentages() []int {
+	return Percentages(int(p.StagedBatches), ints(p.BatchPercentages))
+}
 
 // BatchSizes returns the batch sizes this policy gives n affected devices: one batch for auto, the
 // staged split (Batches of Percentages) for every other strategy.
@@ -267,11 +300,11 @@ const Columns = `image_pattern, update_strategy, staged_batches, batch_percentag
 	batch_delay_seconds, health_check_enabled, health_check_timeout_seconds, health_check_config,
 	auto_rollback_enabled, max_failure_rate, min_sample_size, maintenance_window_start, maintenance_window_end,
 	timezone, fleet_id, device_tags, device_uuids, priority, enabled, description, tag_policy, semver_range,
-	batch_approval`
+	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion`
 
 // Placeholders are the VALUES of Columns for an INSERT or UPDATE whose first argument is Args()[0].
 const Placeholders = `$1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13::time, $14::time, $15, $16,
-	$17, $18, $19, $20, $21, $22, $23, $24`
+	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27`
 
 // Args returns the values of Columns.
 func (p Policy) Args() []any {
@@ -283,7 +316,7 @@ func (p Policy) Args() []any {
 		p.BatchDelaySeconds, p.HealthCheckEnabled, p.HealthCheckTimeoutSeconds, cfg,
 		p.AutoRollbackEnabled, p.MaxFailureRate, p.MinSampleSize, p.MaintenanceWindowStart, p.MaintenanceWindowEnd,
 		p.Timezone, p.FleetID, p.DeviceTags, p.DeviceUUIDs, p.Priority, p.Enabled, p.Description, p.TagPolicy,
-		p.SemverRange, p.BatchApproval}
+		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion}
 }
 
 // Querier runs a query returning one row; *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
@@ -302,13 +335,15 @@ func Load(ctx context.Context, q Querier, id int64) (*Policy, error) {
 			batch_delay_minutes, batch_delay_seconds, health_check_enabled, health_check_timeout_seconds,
 			health_check_config, auto_rollback_enabled, max_failure_rate, min_sample_size,
 			maintenance_window_start::text, maintenance_window_end::text, timezone, fleet_id, device_tags,
-			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval
+			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval,
+			offline_grace_seconds, offline_action, dynamic_inclusion
 		FROM image_update_policies WHERE id = $1`, id).Scan(
 		&p.ID, &p.ImagePattern, &p.UpdateStrategy, &p.StagedBatches, &p.BatchPercentages,
 		&p.BatchDelayMinutes, &p.BatchDelaySeconds, &p.HealthCheckEnabled, &p.HealthCheckTimeoutSeconds,
 		&cfg, &p.AutoRollbackEnabled, &p.MaxFailureRate, &p.MinSampleSize,
 		&p.MaintenanceWindowStart, &p.MaintenanceWindowEnd, &p.Timezone, &p.FleetID, &p.DeviceTags,
-		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval)
+		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval,
+		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load policy %d: %w", id, ErrNotFound)
 	}

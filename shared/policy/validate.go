@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +42,9 @@ type Input struct {
 	TagPolicy                 *string         `json:"tag_policy"`
 	SemverRange               *string         `json:"semver_range"`
 	BatchApproval             *bool           `json:"batch_approval"`
+	OfflineGraceSeconds       *int32          `json:"offline_grace_seconds"`
+	OfflineAction             *string         `json:"offline_action"`
+	DynamicInclusion          *bool           `json:"dynamic_inclusion"`
 
 	ID        json.RawMessage `json:"id"`
 	CreatedAt json.RawMessage `json:"created_at"`
@@ -244,6 +248,15 @@ func (in Input) Validate() (Policy, error) {
 		}
 	}
 	p.BatchApproval = orDefault(in.BatchApproval, false)
+	p.OfflineGraceSeconds = orDefault(in.OfflineGraceSeconds, DefaultOfflineGraceSeconds)
+	if err := intIn("offline_grace_seconds", p.OfflineGraceSeconds, 0, MaxOfflineGraceSeconds); err != nil {
+		return p, err
+	}
+	p.OfflineAction = orDefault(in.OfflineAction, DefaultOfflineAction)
+	if !slices.Contains(OfflineActions(), p.OfflineAction) {
+		return p, apierr.Invalid("offline_action", "must be one of %s", strings.Join(OfflineActions(), ", "))
+	}
+	p.DynamicInclusion = orDefault(in.DynamicInclusion, DefaultDynamicInclusion)
 	return p, nil
 }
 

@@ -270,6 +270,9 @@ var policyFields = []struct{ name, kind, usage string }{
 	{"tag_policy", "string", "glob or semver"},
 	{"semver_range", "string", "e.g. '>=2.0.0 <3.0.0', '~1.4', '^2'"},
 	{"batch_approval", "bool", "wait for approve after each batch"},
+	{"offline_grace_seconds", "int", "how long an offline device may hold its batch"},
+	{"offline_action", "string", "skip or fail an offline device after its grace"},
+	{"dynamic_inclusion", "bool", "devices that start running the image join an active rollout"},
 }
 
 func policyWriteCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string) *cobra.Command {

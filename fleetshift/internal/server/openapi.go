@@ -180,7 +180,9 @@ func schemas() map[string]any {
 		"maintenance_window_end": str, "timezone": str, "fleet_id": str, "device_tags": strs, "device_uuids": strs,
 		"priority": integer, "enabled": boolean, "description": str,
 		"tag_policy":   map[string]any{"type": "string", "enum": []string{"glob", "semver"}},
-		"semver_range": str, "batch_approval": boolean, "created_at": stamp, "updated_at": stamp,
+		"semver_range": str, "batch_approval": boolean,
+		"offline_grace_seconds": integer, "offline_action": map[string]any{"type": "string", "enum": []string{"skip", "fail"}},
+		"dynamic_inclusion": boolean, "created_at": stamp, "updated_at": stamp,
 	}, "image_pattern")
 	rollout := obj(map[string]any{
 		"rollout_id": str, "policy_id": integer, "image_name": str, "old_tag": str, "new_tag": str, "new_digest": str,
