@@ -20,6 +20,8 @@ func TestStartupFailuresAreOneLine(t *testing.T) {
 	natsDown := "nats://" + closedAddr(t)
 	badURL := "postgres://fleet:s3cret@db.example:notaport/fleetshift"
 	tokens := map[string]string{"FLEETSHIFT_ADMIN_TOKEN": "admin-tok", "FLEETSHIFT_WEBHOOK_TOKEN": "hook-tok"}
+	notADir := filepath.Join(t.TempDir(), "file") // a data dir below a file cannot be created, even by root
+	require.NoError(t, os.WriteFile(notADir, nil, 0o600))
 	with := func(base map[string]string, kv ...string) map[string]string {
 		m := map[string]string{}
 		for k, v := range base {
@@ -48,6 +50,8 @@ func TestStartupFailuresAreOneLine(t *testing.T) {
 		{"serve/no database and PostgreSQL not installed", []string{"serve"},
 			map[string]string{"FLEETSHIFT_DEFAULT_DATABASE_URL": dbDown, "FLEETSHIFT_POSTGRES_BIN": t.TempDir()},
 			[]string{"no PostgreSQL answers at", "apt-get install postgresql", "DATABASE_URL"}},
+		{"serve/data dir not writable", []string{"serve"}, map[string]string{"DATABASE_URL": db.URL, "FLEETSHIFT_DATA_DIR": notADir + "/data"},
+			[]string{"not a directory", "FLEETSHIFT_DATA_DIR"}},
 		{"migrate/database down", []string{"migrate"}, map[string]string{"DATABASE_URL": dbDown},
 			[]string{"migrate:", "cannot reach PostgreSQL", "DATABASE_URL"}},
 		{"migrate/bad database url", []string{"migrate"}, map[string]string{"DATABASE_URL": badURL},

@@ -37,10 +37,10 @@ func EnsureWith(dir, name, explicit string, generate func() (string, error)) (Va
 			return Value{Secret: s}, nil
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return Value{}, fmt.Errorf("read secret %s: %w", path, err)
+		return Value{}, fmt.Errorf("read secret %s: %w: check FLEETSHIFT_DATA_DIR and its permissions", path, pathCause(err))
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Value{}, fmt.Errorf("create data dir %s: %w", dir, err)
+		return Value{}, fmt.Errorf("create data dir %s: %w: set FLEETSHIFT_DATA_DIR to a directory fleetshift may write", dir, pathCause(err))
 	}
 	s, err := generate()
 	if err != nil {
@@ -70,4 +70,13 @@ func New() string {
 		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // never happens on supported platforms
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// pathCause is the cause of a file system error without the path repeated ("not a directory").
+func pathCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
