@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -62,6 +63,21 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 		"FLEETSHIFT_LOG_FORMAT=json",
 	))
 	api := &apiClient{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", httpPort), token: admin}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		b, _ := api.do(http.MethodGet, "/api/v1/rollouts", nil)
+		var page struct {
+			Rollouts []rollout `json:"rollouts"`
+		}
+		_ = json.Unmarshal(b, &page)
+		for _, r := range page.Rollouts {
+			devs, _ := api.do(http.MethodGet, "/api/v1/rollouts/"+r.ID+"/devices?limit=100", nil)
+			evs, _ := api.do(http.MethodGet, "/api/v1/rollouts/"+r.ID+"/events?limit=100", nil)
+			t.Logf("rollout %s (%s) devices:\n%s\nevents:\n%s", r.ID, r.NewTag, devs, evs)
+		}
+	})
 	testbin.Poll(t, 2*time.Minute, "fleetshift serve answers", func() error {
 		_, err := api.do(http.MethodGet, "/api/v1/image-policies", nil)
 		if err != nil && srv.exited() {
@@ -88,7 +104,7 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 	_, err := api.do(http.MethodPost, "/api/v1/image-policies", map[string]any{
 		"image_pattern": repo + ":*", "update_strategy": "staged", "batch_percentages": []int{20, 60, 100},
 		"batch_delay_seconds": 1, "health_check_enabled": true, "health_check_timeout_seconds": 120,
-		"health_check_config":   map[string]any{"type": "container", "interval_seconds": 1, "retries": 15, "timeout_seconds": 5},
+		"health_check_config":   map[string]any{"type": "container", "interval_seconds": 2, "retries": 45, "timeout_seconds": 20},
 		"auto_rollback_enabled": true, "max_failure_rate": 0.2, "min_sample_size": 1,
 	})
 	require.NoError(t, err)
@@ -109,7 +125,7 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 		cmd := h.Command(context.Background(), filepath.Join(bin, "fleetshift-agent"), "run",
 			"--server", fmt.Sprintf("http://%s:%d", lan.HostIP, httpPort), "--provisioning-key", key.Key,
 			"--name", d.name, "--state-dir", d.state, "--project-prefix", d.prefix,
-			"--poll-interval", "3s", "--heartbeat", "3s")
+			"--poll-interval", "5s", "--heartbeat", "10s")
 		d.proc = start(t, d.name, cmd, os.Environ())
 		t.Cleanup(func() { removeProject(d.project) }) // runs after the agent is stopped
 		devs[i] = d
@@ -133,7 +149,7 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 		require.NoError(t, err)
 	}
 	for _, d := range devs {
-		d.waitRunning(t, repo+":v1", 2*time.Minute)
+		d.waitRunning(t, repo+":v1", false, 3*time.Minute)
 	}
 
 	// v2: the registry's notification starts the rollout. The last device is cut off before the push
@@ -149,11 +165,13 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 		}
 		return nil
 	})
+	// Its target changed while it could not be reached: it still runs v1 until the link is back.
+	require.True(t, sameImage(cut.inspect(t).Config.Image, repo+":v1"), "%s moved while cut off", cut.name)
 	require.NoError(t, cut.host.SetLink(context.Background(), true))
 	api.waitStatus(r2, "completed", 3*time.Minute)
 	for _, d := range devs {
 		require.Equal(t, "completed", api.deviceStatus(r2, d.uuid), d.name)
-		d.waitRunning(t, repo+":v2", 30*time.Second)
+		d.waitRunning(t, repo+":v2", true, time.Minute)
 	}
 
 	// broken: batch 1 fails its health check, the rollout pauses itself and the failed device is rolled
@@ -183,7 +201,7 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 			}
 			return nil
 		})
-		c := d.waitRunning(t, repo+":v2", 2*time.Minute)
+		c := d.waitRunning(t, repo+":v2", true, 2*time.Minute)
 		require.NotEqual(t, v2IDs[d.name], c.ID, "%s: the v2 container after rollback is a new one (it ran broken in between)", d.name)
 	}
 	for _, d := range devs {
@@ -242,8 +260,8 @@ func (d *device) container() (container, error) {
 	return cs[0], nil
 }
 
-// waitRunning waits until Docker shows the device's container running image, healthy.
-func (d *device) waitRunning(t *testing.T, image string, timeout time.Duration) container {
+// waitRunning waits until Docker shows the device's container running image (and healthy, if asked).
+func (d *device) waitRunning(t *testing.T, image string, healthy bool, timeout time.Duration) container {
 	t.Helper()
 	var c container
 	testbin.Poll(t, timeout, d.name+" runs "+image, func() error {
@@ -254,7 +272,8 @@ func (d *device) waitRunning(t *testing.T, image string, timeout time.Duration) 
 			}
 			return err
 		}
-		if !sameImage(c.Config.Image, image) || c.State.Status != "running" || c.State.Health == nil || c.State.Health.Status != "healthy" {
+		if !sameImage(c.Config.Image, image) || c.State.Status != "running" ||
+			healthy && (c.State.Health == nil || c.State.Health.Status != "healthy") {
 			return fmt.Errorf("container %.12s: image %s, %s, health %+v", c.ID, c.Config.Image, c.State.Status, c.State.Health)
 		}
 		return nil
@@ -350,14 +369,29 @@ func scratchDatabase(t *testing.T) string {
 	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
 }
 
-// dockerBridgeGateway is the host's address on Docker's default bridge, where containers reach the host.
+// dockerBridgeGateway is the host's address on Docker's default bridge, where containers reach the host:
+// the IPAM gateway when set, else the IPv4 address of the bridge interface (docker0).
 func dockerBridgeGateway(t *testing.T) string {
 	t.Helper()
-	out, err := testbin.Run("", nil, "docker", "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}")
+	out, err := testbin.Run("", nil, "docker", "network", "inspect", "bridge", "-f",
+		`{{range .IPAM.Config}}{{.Gateway}}{{end}} {{index .Options "com.docker.network.bridge.name"}}`)
 	require.NoError(t, err, out)
-	gw := strings.TrimSpace(out)
-	require.NotEmpty(t, gw, "docker bridge has no gateway")
-	return gw
+	f := strings.Fields(out)
+	if len(f) == 2 {
+		return f[0]
+	}
+	require.Len(t, f, 1, "docker network inspect bridge: %q", out)
+	ifc, err := net.InterfaceByName(f[0])
+	require.NoError(t, err, "docker bridge interface")
+	addrs, err := ifc.Addrs()
+	require.NoError(t, err)
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	t.Fatalf("docker bridge %s has no IPv4 address", f[0])
+	return ""
 }
 
 // registryConfig is the registry's config.yml: filesystem storage, and notifications of pushes to url
