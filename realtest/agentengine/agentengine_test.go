@@ -4,14 +4,17 @@
 package agentengine_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,17 +23,55 @@ import (
 	"github.com/fleetshift/fleetshift/realtest/internal/dockerenv"
 )
 
-// events returns the engine's events in [since, until] as "type action actorID" lines.
-func events(t *testing.T, since, until time.Time) []string {
-	t.Helper()
-	ts := func(x time.Time) string { return fmt.Sprintf("%d.%09d", x.Unix(), x.Nanosecond()) }
-	out := dockerenv.Docker(t, "events", "--since", ts(since), "--until", ts(until), "--format", "{{.Type}} {{.Action}} {{.Actor.ID}}")
-	return strings.Split(out, "\n")
+// eventLog follows the engine's pull and die events from its start ("type action actorID" lines). The
+// engine keeps only its last 256 events (health probes fill that in seconds), so they are followed live.
+type eventLog struct {
+	mu    sync.Mutex
+	lines []string
+	cmd   *exec.Cmd
 }
 
-// index returns the position of the first event line with the given type, action and actor, or -1.
-func index(lines []string, typ, action, actor string) int {
-	return slices.Index(lines, typ+" "+action+" "+actor)
+func followEvents(t *testing.T) *eventLog {
+	t.Helper()
+	since := time.Now()
+	l := &eventLog{}
+	l.cmd = exec.Command("docker", "events", "--since", fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+		"--filter", "event=pull", "--filter", "event=die", "--format", "{{.Type}} {{.Action}} {{.Actor.ID}}")
+	out, err := l.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.cmd.Start(); err != nil {
+		t.Fatalf("docker events: %v", err)
+	}
+	t.Cleanup(func() { _ = l.cmd.Process.Kill(); _ = l.cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			l.mu.Lock()
+			l.lines = append(l.lines, sc.Text())
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// waitFor waits until every one of want has been seen and returns the lines so far.
+func (l *eventLog) waitFor(t *testing.T, want ...string) []string {
+	t.Helper()
+	var lines []string
+	eventually(t, time.Minute, func() error {
+		l.mu.Lock()
+		lines = slices.Clone(l.lines)
+		l.mu.Unlock()
+		for _, w := range want {
+			if !slices.Contains(lines, w) {
+				return fmt.Errorf("no event %q among:\n%s", w, strings.Join(lines, "\n"))
+			}
+		}
+		return nil
+	})
+	return lines
 }
 
 // TestApplyPullsStartsUpdatesAndRemoves: the runtime pulls from the registry and starts every service;
@@ -58,9 +99,8 @@ func TestApplyPullsStartsUpdatesAndRemoves(t *testing.T) {
 		t.Fatalf("state after the first apply: %+v", st)
 	}
 
-	since := time.Now()
+	ev := followEvents(t)
 	e.apply(target(2, svc("web", web2, ""), svc("worker", wrk2, wire.KillThenDownload), svc("extra", web1, "")))
-	until := time.Now()
 	after := e.containers()
 	for _, name := range []string{"web", "worker"} {
 		if c := after[name]; c.Status != "running" || c.ImageID != v2ID || c.ID == before[name].ID || c.ImageRef != strings.ReplaceAll(before[name].ImageRef, ":1", ":2") {
@@ -70,17 +110,14 @@ func TestApplyPullsStartsUpdatesAndRemoves(t *testing.T) {
 	if after["extra"].ID != before["extra"].ID {
 		t.Fatal("the unchanged service extra was recreated")
 	}
-	ev := events(t, since, until)
-	webPull, webDie := index(ev, "image", "pull", web2), index(ev, "container", "die", before["web"].ID)
-	wrkPull, wrkDie := index(ev, "image", "pull", wrk2), index(ev, "container", "die", before["worker"].ID)
-	if webPull < 0 || webDie < 0 || wrkPull < 0 || wrkDie < 0 {
-		t.Fatalf("missing events (web pull %d die %d, worker pull %d die %d):\n%s", webPull, webDie, wrkPull, wrkDie, strings.Join(ev, "\n"))
+	webPull, webDie := "image pull "+web2, "container die "+before["web"].ID
+	wrkPull, wrkDie := "image pull "+wrk2, "container die "+before["worker"].ID
+	lines := ev.waitFor(t, webPull, webDie, wrkPull, wrkDie)
+	if slices.Index(lines, webPull) > slices.Index(lines, webDie) {
+		t.Errorf("download-then-kill: web's old container died before its new image was pulled:\n%s", strings.Join(lines, "\n"))
 	}
-	if webPull > webDie {
-		t.Errorf("download-then-kill: web's old container died before its new image was pulled:\n%s", strings.Join(ev, "\n"))
-	}
-	if wrkDie > wrkPull {
-		t.Errorf("kill-then-download: worker's new image was pulled before its old container died:\n%s", strings.Join(ev, "\n"))
+	if slices.Index(lines, wrkDie) > slices.Index(lines, wrkPull) {
+		t.Errorf("kill-then-download: worker's new image was pulled before its old container died:\n%s", strings.Join(lines, "\n"))
 	}
 
 	e.apply(target(3, svc("web", web2, ""), svc("worker", wrk2, wire.KillThenDownload)))
