@@ -224,3 +224,70 @@ func (r *Runner) poll(ctx context.Context) []Row {
 			Baseline: base200, Goal: ">= 40% of baseline", Pass: v200 >= 0.4*base200, Note: "as poll_304 with a stale If-None-Match: the full body."})
 	return rows
 }
+
+// pollPinned is poll_304 with the server (and, for the baseline, the harness serving bare Fiber) on CPU
+// 0 and the load generator on CPU 1, whatever -pin says: both sides get one core, so the ratio compares
+// the handlers, not how they share the machine with the generator.
+func (r *Runner) pollPinned(ctx context.Context) Row {
+	sz := r.o.Sizes
+	row := Row{Name: "poll_304_pinned", Unit: "req/s", Goal: ">= 70% of baseline",
+		Note: fmt.Sprintf("as poll_304 (%s devices, 64 connections, %s per repetition), with the server under test, or the harness serving the bare Fiber baseline, pinned to CPU 0 and the load generator to CPU 1 (sched_setaffinity); PostgreSQL unpinned (not on the 304 path).",
+			FormatValue(float64(sz.PollDevices), ""), sz.PollDuration)}
+	if runtime.NumCPU() < 2 {
+		row.Err = fmt.Errorf("needs at least 2 CPUs, have %d", runtime.NumCPU())
+		return row
+	}
+	pinned := *r
+	pinned.o.Pin = true
+	f := Fleet{Prefix: "poll", Fleet: "bench-poll", N: sz.PollDevices, Image: "bench/poll:1.0"}
+	if err := r.seed(ctx, f); err != nil {
+		row.Err = err
+		return row
+	}
+	entries, err := r.loadPollEntries(ctx, f)
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	file, err := r.pollRequests(f, entries, true, "poll304pinned")
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	spec := LoadSpec{Conns: 64, Duration: sz.PollDuration, Expect: 304}
+	unpin := pinned.pinHarness()
+	addr, stop, err := serveInHarness(baselinePollApp(entries).Handler())
+	var base float64
+	if err == nil {
+		s := spec
+		s.Addr = addr
+		base, _, err = pinned.loadReps(ctx, s, file)
+		stop()
+	}
+	unpin()
+	if err != nil {
+		row.Err = fmt.Errorf("baseline: %w", err)
+		return row
+	}
+	srv, err := pinned.startServer(ctx, "poll_pinned")
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer r.stopServer(srv)
+	s := spec
+	s.Addr, s.Passes = srv.Addr(), 1
+	var v, p99 float64
+	if _, err = pinned.load(ctx, s, file); err == nil { // warm-up: fills the poll cache
+		s.Passes = 0
+		v, p99, err = pinned.loadReps(ctx, s, file)
+	}
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	row.Value, row.Baseline = v, base
+	row.Text = fmt.Sprintf("%s req/s (p99 %.2f ms)", FormatValue(v, ""), p99)
+	row.Pass = v >= 0.7*base
+	return row
+}

@@ -40,6 +40,8 @@ type Runner struct {
 	rows map[string]Row
 	// parts are per-device costs measured on the way, for rollout_10k's "sum of its parts" baseline.
 	planPerDevice, dispatchRate, reportRate float64
+	// reportP99 is the last report measurement's median p99 (s).
+	reportP99 float64
 }
 
 // Run executes the selected measurements and returns the report. Measurement failures become failed
@@ -125,8 +127,16 @@ func (r *Runner) group(ctx context.Context, g string) []Row {
 		return []Row{r.firstNotify(ctx)}
 	case "report_ingest":
 		return []Row{r.reportIngest(ctx)}
+	case "report_ingest_500k":
+		return []Row{r.reportIngestLarge(ctx)}
+	case "heartbeat":
+		return []Row{r.heartbeat(ctx)}
 	case "rollout_10k":
 		return []Row{r.rollout(ctx)}
+	case "rollout_100k":
+		return r.rolloutLarge(ctx)
+	case "poll_pinned":
+		return []Row{r.pollPinned(ctx)}
 	case "pause_reaction":
 		return []Row{r.pause(ctx)}
 	}

@@ -17,9 +17,15 @@ type Sizes struct {
 	NotifyDevices int
 	NotifyPushes  int
 	Reports       int
-	Rollout       int
-	PauseDevices  int
-	Reps          int
+	// ReportsRollout is the rollout report_ingest_500k's reports come from.
+	ReportsRollout int
+	// Heartbeat is how many devices report an unchanged state in heartbeat.
+	Heartbeat int
+	Rollout   int
+	// RolloutLarge is rollout_100k's simulated fleet.
+	RolloutLarge int
+	PauseDevices int
+	Reps         int
 	// RolloutTimeout bounds one rollout_10k repetition.
 	RolloutTimeout time.Duration
 }
@@ -30,12 +36,12 @@ func SetSizes(set string) (Sizes, error) {
 	switch set {
 	case "full":
 		return Sizes{PollDevices: 50_000, PollDuration: 10 * time.Second, PlanSmall: 100_000, PlanLarge: 1_000_000,
-			Dispatch: 100_000, NotifyDevices: 1_000, NotifyPushes: 200, Reports: 50_000, Rollout: 10_000,
-			PauseDevices: 1_000, Reps: 3, RolloutTimeout: 5 * time.Minute}, nil
+			Dispatch: 100_000, NotifyDevices: 1_000, NotifyPushes: 200, Reports: 50_000, ReportsRollout: 500_000,
+			Heartbeat: 1_000_000, Rollout: 10_000, RolloutLarge: 100_000, PauseDevices: 1_000, Reps: 3, RolloutTimeout: 5 * time.Minute}, nil
 	case "quick":
 		return Sizes{PollDevices: 5_000, PollDuration: time.Second, PlanSmall: 10_000, PlanLarge: 50_000,
-			Dispatch: 10_000, NotifyDevices: 1_000, NotifyPushes: 30, Reports: 10_000, Rollout: 300,
-			PauseDevices: 200, Reps: 3, RolloutTimeout: time.Minute}, nil
+			Dispatch: 10_000, NotifyDevices: 1_000, NotifyPushes: 30, Reports: 10_000, ReportsRollout: 50_000,
+			Heartbeat: 20_000, Rollout: 300, RolloutLarge: 1_000, PauseDevices: 200, Reps: 3, RolloutTimeout: time.Minute}, nil
 	}
 	return Sizes{}, fmt.Errorf("set %q: want quick or full", set)
 }
@@ -46,12 +52,16 @@ var groups = []struct {
 	names []string
 }{
 	{"poll", []string{"loadgen_ceiling", "poll_304", "poll_200"}},
+	{"poll_pinned", []string{"poll_304_pinned"}},
 	{"plan_100k", []string{"plan_100k"}},
 	{"plan_1m", []string{"plan_1m", "rss_plan_1m", "rss_poll_cache"}},
 	{"dispatch", []string{"dispatch"}},
 	{"first_notify", []string{"first_notify"}},
 	{"report_ingest", []string{"report_ingest"}},
+	{"report_ingest_500k", []string{"report_ingest_500k"}},
+	{"heartbeat", []string{"heartbeat"}},
 	{"rollout_10k", []string{"rollout_10k"}},
+	{"rollout_100k", []string{"rollout_100k", "rss_sim_100k"}},
 	{"pause_reaction", []string{"pause_reaction"}},
 }
 
