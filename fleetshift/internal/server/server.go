@@ -147,9 +147,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s.AdminToken, s.WebhookToken = toks.admin.Secret, toks.webhook.Secret
 
 	// The HTTP port next: a busy port is the commonest start-up failure, and cheap to find out.
-	if s.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
 		return nil, listenError(cfg.HTTPAddr, err)
 	}
+	s.listener = newRetryListener(ln, log)
 
 	// Database.
 	dbURL := cfg.DatabaseURL
@@ -288,7 +290,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			return nil, errors.New("nats auth callout did not start within 15s")
 		}
 	}
-	ln := s.listener
+	ln = s.listener
 	s.HTTPURL = "http://" + httpHost(ln.Addr())
 	s.wg.Add(1)
 	go func() {
