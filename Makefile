@@ -6,7 +6,7 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: fuzz build run test test-short lint fmt tidy bench bench-quick clean images test-docker test-realtest test-realtest-if-docker
+.PHONY: fuzz build run test test-short lint fmt tidy bench bench-quick clean images chaos chaos-short test-docker test-realtest test-realtest-if-docker
 
 build:
 	@mkdir -p $(BIN)
@@ -76,6 +76,16 @@ bench:
 
 bench-quick:
 	cd fleetshift && $(GO) run ./cmd/fleetshift-bench -set quick
+
+# Fault injection (docs/reliability.md, "Chaos"): seeded runs of a staged rollout over 2,000 simulated
+# devices with kill -9, PostgreSQL stops, devices cut off and poison messages; exits non-zero on any
+# violated invariant. Needs initdb/pg_ctl (the harness owns its PostgreSQL). Not part of `make test`.
+chaos:
+	cd fleetshift && $(GO) run ./cmd/fleetshift-chaos -runs $(or $(RUNS),50) -seed $(or $(SEED),1)
+
+# The short seeded set CI runs.
+chaos-short:
+	cd fleetshift && $(GO) run ./cmd/fleetshift-chaos -runs 3 -seed 1
 
 clean:
 	rm -rf $(BIN)
