@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
@@ -54,7 +55,7 @@ func (r *Runner) dispatchBaseline(ctx context.Context, srv *Server, subj streams
 		return 0, fmt.Errorf("baseline update of %d targets: %w", len(uuids), err)
 	}
 	for _, t := range targets {
-		if _, err := srv.JS.PublishMsgAsync(target.Message(subj, t)); err != nil {
+		if _, err := srv.JS.PublishMsgAsync(target.Message(subj, t), jetstream.WithStallWait(stallWait)); err != nil {
 			return 0, fmt.Errorf("baseline publish: %w", err)
 		}
 	}

@@ -26,6 +26,10 @@ func report(uuid, image, status, health string, seq int) []byte {
 	return b
 }
 
+// stallWait is how long an async publish may wait for room in the window of unacknowledged messages:
+// on a loaded machine the server may fall behind for a while; that is slowness, not a failure.
+const stallWait = 30 * time.Second
+
 // publishReports publishes payloads[i] on subject(i) with JetStream async publish, recording when each
 // was published, and waits for every ack.
 func publishReports(ctx context.Context, js jetstream.JetStream, subject func(int) string, payloads [][]byte, sent []time.Time) error {
@@ -33,7 +37,7 @@ func publishReports(ctx context.Context, js jetstream.JetStream, subject func(in
 		if sent != nil {
 			sent[i] = time.Now()
 		}
-		if _, err := js.PublishAsync(subject(i), p); err != nil {
+		if _, err := js.PublishAsync(subject(i), p, jetstream.WithStallWait(stallWait)); err != nil {
 			return fmt.Errorf("publish report %d: %w", i, err)
 		}
 	}
