@@ -58,6 +58,9 @@ type Config struct {
 	// FailRates and SilentRates: see Rate.
 	FailRates   []Rate
 	SilentRates []Rate
+	// FailAttempts, when > 0, makes a failing device fail only its first FailAttempts starts of an
+	// image: a retry (the target's service "retry" changed) beyond them runs healthy.
+	FailAttempts int
 	// PullMin..PullMax is the simulated pull time (default 200ms..2s).
 	PullMin, PullMax time.Duration
 	// Seed makes failures reproducible.
@@ -187,6 +190,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 // Run runs the simulation until ctx ends; nil on a clean stop.
 func (s *Sim) Run(ctx context.Context) error {
+	if s.cfg.Transport == TransportNATS {
+		if err := raiseFileLimit(s.cfg.Devices); err != nil {
+			return err
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -309,6 +317,7 @@ func (s *Sim) register(ctx context.Context, i int) (*simDevice, bool, error) {
 		Heartbeat:    s.cfg.Heartbeat,
 		Silent:       d.rt.silent.Load,
 		Seed:         s.cfg.Seed*1_000_003 + uint64(i) + 1,
+		NATSOptions:  natsOptions(i),
 		Log:          s.cfg.Log.With().Str("device", id.UUID).Logger().Level(max(s.cfg.Log.GetLevel(), zerolog.WarnLevel)),
 	})
 	if err != nil {
