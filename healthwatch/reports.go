@@ -54,7 +54,11 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	w := &work{tx: tx, subj: s.subj, actor: actorHealthwatch}
 
-	if err := storeCurrentState(ctx, tx, reps); err != nil {
+	backs, err := storeCurrentState(ctx, tx, reps, s.seenEvery)
+	if err != nil {
+		return err
+	}
+	if err := cameOnline(ctx, w, backs); err != nil {
 		return err
 	}
 	policies := map[string]policy{}
@@ -69,7 +73,7 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		moving = append(moving, c.rollout)
 	}
 	if len(moving) == 0 {
-		return tx.Commit(ctx)
+		return s.commitReports(ctx, w, backs)
 	}
 	slices.Sort(moving)
 	lockRows, err := tx.Query(ctx, `SELECT r.rollout_id::text FROM image_rollouts r
@@ -83,35 +87,38 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		return fmt.Errorf("apply reports: lock rollouts: %w", err)
 	}
 	if len(locked) == 0 {
-		return tx.Commit(ctx)
+		return s.commitReports(ctx, w, backs)
 	}
 	// Phase 2, under the locks: the rows as they are now.
 	if current, err = readInFlight(ctx, tx, uuids, locked); err != nil {
 		return err
 	}
 	changes := map[[2]string]change{}
-	var rolloutIDs, devices, expected, next, reasons []string
+	var rolloutIDs, devices, expected, next, reasons, logs []string
 	for _, c := range s.transitions(current, byDevice, policies, refs) {
 		changes[[2]string{c.rollout, c.device}] = c
 		rolloutIDs = append(rolloutIDs, c.rollout)
 		devices = append(devices, c.device)
 		expected = append(expected, c.status)
 		next = append(next, c.to.status)
-		reasons = append(reasons, c.to.reason)
+		reasons = append(reasons, boundHead(c.to.reason, maxFailureReason))
+		logs = append(logs, boundTail(c.to.log, maxFailureLog))
 	}
 	if len(devices) == 0 {
-		return tx.Commit(ctx)
+		return s.commitReports(ctx, w, backs)
 	}
 	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET
 			status = u.status,
 			error_message = CASE WHEN u.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+` THEN NULLIF(u.reason, '') ELSE d.error_message END,
+			failure_reason = CASE WHEN u.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+` THEN NULLIF(u.reason, '') ELSE d.failure_reason END,
+			failure_log = CASE WHEN u.status = `+lifecycle.SQL(lifecycle.DeviceFailed)+` THEN NULLIF(u.log, '') ELSE d.failure_log END,
 			started_at = COALESCE(d.started_at, now()),
 			completed_at = CASE WHEN u.status IN (`+lifecycle.SQL(lifecycle.DeviceCompleted, lifecycle.DeviceFailed)+`) THEN now() ELSE d.completed_at END,
 			updated_at = now()
-		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-		     AS u(rollout_id, device_uuid, expected, status, reason)
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+		     AS u(rollout_id, device_uuid, expected, status, reason, log)
 		WHERE d.rollout_id = u.rollout_id AND d.device_uuid = u.device_uuid AND d.status = u.expected
-		RETURNING d.rollout_id::text, d.device_uuid`, rolloutIDs, devices, expected, next, reasons)
+		RETURNING d.rollout_id::text, d.device_uuid`, rolloutIDs, devices, expected, next, reasons, logs)
 	if err != nil {
 		return fmt.Errorf("apply reports: update device rows: %w", err)
 	}
@@ -139,13 +146,23 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		}
 		touched = append(touched, c.rollout)
 	}
+	if err := retryFailures(ctx, w, applied, changes, news); err != nil {
+		return fmt.Errorf("apply reports: %w", err)
+	}
 	slices.Sort(touched)
 	if err := settle(ctx, w, slices.Compact(touched), news); err != nil {
 		return fmt.Errorf("apply reports: %w", err)
 	}
+	return s.commitReports(ctx, w, backs)
+}
+
+// commitReports commits a report transaction (with its events), then sends devices that came online
+// their newest target again.
+func (s *Service) commitReports(ctx context.Context, w *work, backs []back) error {
 	if err := w.commit(ctx); err != nil {
 		return fmt.Errorf("apply reports: commit: %w", err)
 	}
+	s.renotify(ctx, backs)
 	return nil
 }
 
@@ -156,6 +173,9 @@ type inFlightRow struct {
 	newImage, repository    string
 	policy                  []byte
 	scheduledAt             *time.Time
+	// targetVersion is the target generation the row was dispatched with; retries counts its re-dispatches.
+	targetVersion *int64
+	retries       int
 }
 
 // change is a device row and where its reports move it.
@@ -168,7 +188,8 @@ type change struct {
 // rollouts is not nil).
 func readInFlight(ctx context.Context, tx pgx.Tx, uuids, rollouts []string) ([]inFlightRow, error) {
 	rows, err := tx.Query(ctx, `SELECT d.rollout_id::text, d.device_uuid, d.status, d.batch_number,
-		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy, d.scheduled_at
+		       COALESCE(NULLIF(d.new_image, ''), r.new_image), r.repository, r.policy, d.scheduled_at,
+		       d.target_version, d.retry_count
 		FROM device_rollout_status d JOIN image_rollouts r ON r.rollout_id = d.rollout_id
 		WHERE d.device_uuid = ANY($1) AND d.status = ANY($2) AND r.status = ANY($3)
 		  AND ($4::uuid[] IS NULL OR d.rollout_id = ANY($4::uuid[]))`, uuids, inFlight, activeRollout, rollouts)
@@ -177,7 +198,8 @@ func readInFlight(ctx context.Context, tx pgx.Tx, uuids, rollouts []string) ([]i
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (inFlightRow, error) {
 		var x inFlightRow
-		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy, &x.scheduledAt)
+		return x, r.Scan(&x.rollout, &x.device, &x.status, &x.batch, &x.newImage, &x.repository, &x.policy, &x.scheduledAt,
+			&x.targetVersion, &x.retries)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apply reports: read device rows: %w", err)
@@ -205,6 +227,9 @@ func (s *Service) transitions(rows []inFlightRow, byDevice map[string][]report, 
 			// A report sent before the device was scheduled says nothing about this rollout (it may
 			// have waited in the stream while the batch was dispatched).
 			if c.scheduledAt != nil && !rep.at.IsZero() && rep.at.Before(*c.scheduledAt) {
+				continue
+			}
+			if staleForRetry(c.inFlightRowRetry(), rep.body.TargetVersion) {
 				continue
 			}
 			verdicts = append(verdicts, derive(rep.body, img, pol.HealthCheckEnabled))
@@ -254,7 +279,7 @@ func transitionEvents(rolloutID, device string, batch int, newImage, from string
 // the device seen, at most every 30 s), set-based. A report never replaces a newer one, so redeliveries
 // and replicas cannot move a device's state back in time, and a report equal to the stored one writes
 // nothing.
-func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
+func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report, seenEvery time.Duration) ([]back, error) {
 	latest := make(map[string]report, len(reps))
 	for _, r := range reps {
 		if len(r.raw) == 0 {
@@ -265,7 +290,7 @@ func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
 		}
 	}
 	if len(latest) == 0 {
-		return nil
+		return nil, nil
 	}
 	uuids := make([]string, 0, len(latest))
 	for u := range latest {
@@ -298,12 +323,10 @@ func storeCurrentState(ctx context.Context, tx pgx.Tx, reps []report) error {
 			-- reported_at is when the device's reported state last changed; last_seen_at says it is alive.
 			WHERE s.reported_at <= EXCLUDED.reported_at AND s.report IS DISTINCT FROM EXCLUDED.report
 		)
-		UPDATE devices d SET is_online = true, last_seen_at = GREATEST(d.last_seen_at, r.at)
-		FROM r WHERE d.uuid = r.device_uuid
-		  -- last_seen_at is kept to 30 s (device_current_state.reported_at is exact): rewriting every
-		  -- device row on every report costs a new tuple and an entry in every index of devices.
-		  AND (NOT d.is_online OR d.last_seen_at IS NULL OR d.last_seen_at < r.at - interval '30 seconds')`, uuids, raws, ats); err != nil {
-		return fmt.Errorf("store current state: %w", err)
+		SELECT count(*) FROM r`, uuids, raws, ats); err != nil {
+		return nil, fmt.Errorf("store current state: %w", err)
 	}
-	return nil
+	// last_seen_at is kept to seenEvery (device_current_state.reported_at is exact): rewriting every
+	// device row on every report costs a new tuple and an entry in every index of devices.
+	return markSeenAt(ctx, tx, uuids, ats, seenEvery)
 }

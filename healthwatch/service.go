@@ -55,6 +55,13 @@ type Config struct {
 	Workers int
 	// DeadLetterCount is called for every report dead-lettered (fleetshift_deadletter_total); optional.
 	DeadLetterCount func(consumer, reason string)
+	// Heartbeat is the report period devices keep (default 30s); a device is offline after
+	// OfflineAfterMissed (default 3) heartbeats without a sign of life.
+	Heartbeat          time.Duration
+	OfflineAfterMissed int
+	// SystemNC, when set, is a connection to the NATS system account: devices go offline at once when
+	// their connection closes and online when it opens (connect and disconnect advisories).
+	SystemNC *nats.Conn
 }
 
 // Service is the healthwatch service. Run it; it serves no HTTP.
@@ -73,6 +80,12 @@ type Service struct {
 	settler    *consume.Settler
 	// reports is the REPORTS stream, for a device's last report (set by Run).
 	reports jetstream.Stream
+	// offlineAfter is how long an online device may go unseen; seenEvery is how often last_seen_at is
+	// rewritten for a device that keeps reporting (a third of offlineAfter, at most 30 s).
+	offlineAfter, seenEvery time.Duration
+	systemNC                *nats.Conn
+	// targets is the TARGETS stream, to send devices that come online their newest target (set by Run).
+	targets jetstream.Stream
 }
 
 // New validates cfg and fills its defaults.
@@ -103,6 +116,12 @@ func New(cfg Config) (*Service, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.offlineAfter = cmp.Or(cfg.Heartbeat, 30*time.Second) * time.Duration(cmp.Or(cfg.OfflineAfterMissed, 3))
+	s.seenEvery = min(30*time.Second, s.offlineAfter/3)
+	s.systemNC = cfg.SystemNC
+	if s.offlineAfter <= 0 {
+		return nil, fmt.Errorf("healthwatch: bad config (Heartbeat %s, OfflineAfterMissed %d)", cfg.Heartbeat, cfg.OfflineAfterMissed)
+	}
 	if s.fetchBatch < 1 || s.fetchWait <= 0 || s.tick <= 0 || s.ackWait <= s.fetchWait || s.retryAfter <= 0 || s.workers < 1 {
 		return nil, fmt.Errorf("healthwatch: bad config (FetchBatch %d, FetchWait %s, TickInterval %s, AckWait %s, Workers %d)",
 			s.fetchBatch, s.fetchWait, s.tick, s.ackWait, s.workers)
@@ -127,8 +146,18 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.reports, err = s.js.Stream(ctx, s.subj.ReportsStream()); err != nil {
 		return fmt.Errorf("healthwatch: open stream %s: %w", s.subj.ReportsStream(), err)
 	}
+	if s.targets, err = s.js.Stream(ctx, s.subj.TargetsStream()); err != nil {
+		return fmt.Errorf("healthwatch: open stream %s: %w", s.subj.TargetsStream(), err)
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { s.runTimers(ctx) })
+	if s.systemNC != nil {
+		wg.Go(func() {
+			if err := s.followAdvisories(ctx, s.systemNC); err != nil {
+				s.log.Error().Err(err).Msg("device presence from connect advisories is off")
+			}
+		})
+	}
 	s.consume(ctx, cons)
 	wg.Wait()
 	return nil
@@ -411,6 +440,8 @@ func (s *Service) timersOnce(ctx context.Context) (unreachable bool) {
 		name string
 		run  func(context.Context) (int, error)
 	}{
+		{"offline devices", s.markMissed},
+		{"offline grace", s.offlineGrace},
 		{"health timeouts", s.failTimedOut},
 		{"rollout sweep", s.sweep},
 		{"due batches", s.startDueBatches},

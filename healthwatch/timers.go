@@ -102,7 +102,9 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		WHERE r.rollout_id IN (SELECT d.rollout_id FROM device_rollout_status d
 		                       WHERE d.health_deadline < now()
 		                         AND d.status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
-		                         AND ($3::text[] IS NULL OR d.device_uuid = ANY($3)))
+		                         AND ($3::text[] IS NULL OR d.device_uuid = ANY($3))
+		                         -- an offline device's deadline is suspended (presence.go)
+		                         AND NOT EXISTS (SELECT 1 FROM devices v WHERE v.uuid = d.device_uuid AND v.offline_since IS NOT NULL))
 		  AND r.status = ANY($1)
 		ORDER BY r.rollout_id LIMIT $2
 		FOR UPDATE OF r SKIP LOCKED`, activeRollout, claimLimit, checked)
@@ -117,11 +119,13 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	res, err := tx.Query(ctx, `UPDATE device_rollout_status d SET status = `+lifecycle.SQL(lifecycle.DeviceFailed)+`,
-			error_message = 'health check timeout', completed_at = now(), updated_at = now()
+			error_message = 'health check timeout', failure_reason = 'health check timeout', failure_log = NULL,
+			completed_at = now(), updated_at = now()
 		FROM (SELECT rollout_id, device_uuid, status FROM device_rollout_status
 		      WHERE rollout_id = ANY($1::uuid[]) AND health_deadline < now()
 		        AND status IN (`+lifecycle.SQL(lifecycle.InFlight...)+`)
 		        AND ($2::text[] IS NULL OR device_uuid = ANY($2))
+		        AND NOT EXISTS (SELECT 1 FROM devices v WHERE v.uuid = device_uuid AND v.offline_since IS NOT NULL)
 		      FOR UPDATE) o
 		WHERE d.rollout_id = o.rollout_id AND d.device_uuid = o.device_uuid
 		RETURNING d.rollout_id::text, d.device_uuid, o.status, d.batch_number, COALESCE(d.new_image, '')`, locked, checked)
@@ -152,6 +156,13 @@ func (s *Service) failTimedOut(ctx context.Context) (int, error) {
 		}
 		w.event(events.Event{Type: streams.EventDeviceFailed, RolloutID: f.rollout, DeviceUUID: f.device,
 			Message: "health check timeout", Data: data})
+	}
+	failedBy := map[string][]string{}
+	for _, f := range out {
+		failedBy[f.rollout] = append(failedBy[f.rollout], f.device)
+	}
+	if err := discountRetried(ctx, w, failedBy, news); err != nil {
+		return 0, fmt.Errorf("fail timed-out devices: %w", err)
 	}
 	if err := settle(ctx, w, locked, news); err != nil {
 		return 0, fmt.Errorf("fail timed-out devices: %w", err)

@@ -53,6 +53,10 @@ type Config struct {
 	LogFormat string
 	// ShutdownTimeout bounds graceful shutdown (FLEETSHIFT_SHUTDOWN_TIMEOUT, default 15s).
 	ShutdownTimeout time.Duration
+	// HeartbeatSeconds is the report period devices are expected to keep (FLEETSHIFT_HEARTBEAT_SECONDS,
+	// default 30); a device is offline after OfflineAfterMissed heartbeats without a report
+	// (FLEETSHIFT_OFFLINE_AFTER_MISSED, default 3).
+	HeartbeatSeconds, OfflineAfterMissed int
 }
 
 // FromEnv reads the configuration from the process environment.
@@ -87,6 +91,16 @@ func FromLookup(lookup func(string) (string, bool)) (Config, error) {
 	var err error
 	if c.StreamReplicas, err = intEnv(get, "FLEETSHIFT_STREAM_REPLICAS", 1); err != nil {
 		return Config{}, err
+	}
+	if c.HeartbeatSeconds, err = intEnv(get, "FLEETSHIFT_HEARTBEAT_SECONDS", 30); err != nil {
+		return Config{}, err
+	}
+	if c.OfflineAfterMissed, err = intEnv(get, "FLEETSHIFT_OFFLINE_AFTER_MISSED", 3); err != nil {
+		return Config{}, err
+	}
+	if c.HeartbeatSeconds < 1 || c.OfflineAfterMissed < 1 {
+		return Config{}, fmt.Errorf("FLEETSHIFT_HEARTBEAT_SECONDS and FLEETSHIFT_OFFLINE_AFTER_MISSED: want integers of at least 1, got %d and %d",
+			c.HeartbeatSeconds, c.OfflineAfterMissed)
 	}
 	c.ShutdownTimeout = 15 * time.Second
 	if v := get("FLEETSHIFT_SHUTDOWN_TIMEOUT"); v != "" {

@@ -55,7 +55,11 @@ func Record(ctx context.Context, tx pgx.Tx, subj streams.Subjects, evs ...Event)
 		}
 		rows = append(rows, []any{pgtype.UUID{Bytes: id, Valid: true}, rollout, nullable(e.DeviceUUID), e.Type,
 			nullable(e.Message), []byte(data), nullable(e.Actor), now})
-		msg := outbox.Message{ID: id.String(), Subject: subj.Event(e.Type, e.RolloutID),
+		subject := subj.Event(e.Type, e.RolloutID)
+		if e.RolloutID == "" && e.DeviceUUID != "" {
+			subject = subj.DeviceEvent(e.Type, e.DeviceUUID) // presence: <prefix>.events.device.offline.<uuid>
+		}
+		msg := outbox.Message{ID: id.String(), Subject: subject,
 			Payload: encode(id.String(), e, data, now)}
 		msgs = append(msgs, msg)
 	}

@@ -109,14 +109,11 @@ var (
 	descAutoPaused   = prometheus.NewDesc("fleetshift_rollouts_auto_paused", "Rollouts paused automatically (failure rate above the policy's limit) and not yet resumed.", nil, nil)
 	descFailureRate  = prometheus.NewDesc("fleetshift_rollout_failure_rate", "Failure rate of each active rollout (failed / finished devices).", []string{"rollout_id", "image_name", "new_tag"}, nil)
 	descRegistered   = prometheus.NewDesc("fleetshift_devices_registered", "Devices registered and not revoked.", nil, nil)
-	descOnline       = prometheus.NewDesc("fleetshift_devices_online", "Registered devices seen (report or heartbeat) in the last OnlineWindow (5 minutes).", nil, nil)
+	descOnline       = prometheus.NewDesc("fleetshift_devices_online", "Registered devices online: seen within their missed-heartbeat limit and connected (devices.is_online).", nil, nil)
 	descOutboxRows   = prometheus.NewDesc("fleetshift_outbox_backlog", "Outbox rows (messages or bundles of messages) written and not yet published to JetStream.", nil, nil)
 	descOutboxAge    = prometheus.NewDesc("fleetshift_outbox_oldest_age_seconds", "Age of the oldest outbox row not yet published (0 when empty).", nil, nil)
 	descNotifyStatus = prometheus.NewDesc("fleetshift_notification_deliveries", "Webhook notification deliveries by status (pending, delivered, failed).", []string{"status"}, nil)
 )
-
-// OnlineWindow is how recently a device must have been seen to count as online.
-const OnlineWindow = 5 * time.Minute
 
 // ConsumerNotifier is the notifier's durable on the EVENTS stream (fleetshift/internal/notify).
 const ConsumerNotifier = "notifier"
@@ -145,10 +142,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c.gauges(ctx, ch, `SELECT
 			(SELECT count(*) FROM image_rollouts WHERE status = 'paused' AND auto_paused),
 			(SELECT count(*) FROM devices WHERE revoked_at IS NULL),
-			(SELECT count(*) FROM devices WHERE revoked_at IS NULL AND last_seen_at > now() - make_interval(secs => $1)),
+			(SELECT count(*) FROM devices WHERE revoked_at IS NULL AND is_online),
 			(SELECT count(*) FROM outbox),
 			coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)`,
-		[]any{OnlineWindow.Seconds()}, descAutoPaused, descRegistered, descOnline, descOutboxRows, descOutboxAge)
+		nil, descAutoPaused, descRegistered, descOnline, descOutboxRows, descOutboxAge)
 	c.failureRates(ctx, ch)
 	c.notificationStatuses(ctx, ch)
 	if c.js == nil {

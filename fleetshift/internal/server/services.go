@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -115,7 +116,8 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 	if has(RoleHealthwatch) {
 		svc, err := healthwatch.New(healthwatch.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects,
 			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval, Now: d.Tune.Now,
-			DeadLetterCount: d.Metrics.DeadLetter})
+			DeadLetterCount: d.Metrics.DeadLetter,
+			Heartbeat:       time.Duration(d.Config.HeartbeatSeconds) * time.Second, OfflineAfterMissed: d.Config.OfflineAfterMissed})
 		if err != nil {
 			return nil, fmt.Errorf("start healthwatch: %w", err)
 		}
