@@ -84,6 +84,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		NoLog:              true,
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: 1 << 30,
+		MaxConn:            1 << 20, // one connection per device; nats-server's default 65,536 is below a large fleet
 		Users:              []*server.User{{Username: ServiceUser, Password: cfg.ServicePassword}},
 	}
 	if cfg.Configure != nil {
