@@ -264,6 +264,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 		runners = append(runners, namedRunner{"natsauth", callout})
 		calloutReady = callout.Ready()
+	} else if slices.Contains(roles, RoleStateAPI) {
+		log.Warn().Msg("FLEETSHIFT_NATS_ISSUER_SEED is not set: devices and operator tokens cannot sign in to NATS " +
+			"through the auth callout; `fleetshift secrets` makes one")
 	}
 	runners = append(runners, namedRunner{"outbox", outbox.NewRelay(s.Pool, s.JS, logging.Component(log, "outbox"), nil)})
 	for _, r := range runners {
