@@ -38,6 +38,8 @@ const (
 	// Continue: the rest of a batch a maintenance-window chunk did not cover; the discriminator is the
 	// chunk's last device.
 	Continue Purpose = "continue"
+	// Join: a device joined the batch in progress (dynamic inclusion); the discriminator is the device.
+	Join Purpose = "join"
 )
 
 // Dispatch is one request for a batch.

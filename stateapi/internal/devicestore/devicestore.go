@@ -122,8 +122,18 @@ func Insert(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d New) (Creat
 // WriteTargets writes target states and notifies their devices in order (target.Save: the write and,
 // in the same transaction, one ordered TargetV1 outbox message per device, Nats-Msg-Id
 // "<uuid>-<version>"), so the device is notified even when the process dies right after the commit.
+// A device whose new target runs the repository of an active rollout joins it (JoinActiveRollouts).
 func WriteTargets(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []target.Write) ([]target.Written, error) {
-	return target.Save(ctx, tx, subj, writes)
+	written, err := target.Save(ctx, tx, subj, writes)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range written {
+		if _, err := JoinActiveRollouts(ctx, tx, subj, w.DeviceUUID); err != nil {
+			return nil, err
+		}
+	}
+	return written, nil
 }
 
 // AnnounceWritten tells a (this replica's) announcer of written targets; nil is allowed.
