@@ -86,6 +86,9 @@ type Service struct {
 	systemNC                *nats.Conn
 	// targets is the TARGETS stream, to send devices that come online their newest target (set by Run).
 	targets jetstream.Stream
+	// renotifyRan is when renotifyUnstarted last scanned; renotifyMark the scheduled_at up to which it
+	// has sent targets again (the timers run in one goroutine).
+	renotifyRan, renotifyMark time.Time
 }
 
 // New validates cfg and fills its defaults.
@@ -446,6 +449,7 @@ func (s *Service) timersOnce(ctx context.Context) (unreachable bool) {
 		{"rollout sweep", s.sweep},
 		{"due batches", s.startDueBatches},
 		{"lost dispatches", s.retryLostDispatches},
+		{"unnotified devices", s.renotifyUnstarted},
 		{"maintenance windows", s.openWindows},
 	}
 	for _, st := range steps {
