@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleetshift/fleetshift/agent/sim"
+	"github.com/fleetshift/fleetshift/streams"
 )
 
 // poll calls check every interval until it says done, fails, or timeout passes.
@@ -42,8 +44,9 @@ func (e *env) check(ctx context.Context, p plan, seed uint64, res *Result) []str
 	if e.poisonErr != "" {
 		add("%s", e.poisonErr)
 	}
-	// Nothing left unacknowledged: every durable consumer has no pending and no unacked message.
-	if err := poll(ctx, 2*time.Minute, 500*time.Millisecond, "consumers settled", func() (bool, error) {
+	// Nothing left unacknowledged: every durable consumer has no pending and no unacked message. A message
+	// delivered to a killed process comes back after its consumer's ack wait (the dispatcher's is 2 min).
+	if err := poll(ctx, 4*time.Minute, 500*time.Millisecond, "consumers settled", func() (bool, error) {
 		busy, err := e.busyConsumers(ctx)
 		return err == nil && len(busy) == 0, nil
 	}); err != nil {
@@ -133,8 +136,8 @@ func (e *env) check(ctx context.Context, p plan, seed uint64, res *Result) []str
 	for _, r := range all {
 		counts[r.status]++
 		switch r.status {
-		case "completed", "failed", "rolled_back":
-		case "pending", "skipped":
+		case "completed", "failed", "rolled_back", "skipped": // skipped: superseded, or offline past the grace
+		case "pending":
 			if !stopped || r.batch <= current {
 				note("not terminal ("+r.status+")", r.uuid)
 			}
@@ -144,7 +147,7 @@ func (e *env) check(ctx context.Context, p plan, seed uint64, res *Result) []str
 		if h, known := healthyOf[r.name]; known && h && (r.status == "failed" || (r.status == "rolled_back" && r.hadError)) {
 			note("healthy device failed", r.uuid+" "+r.name+": "+r.errMsg)
 		}
-		if r.tag == newTag && (r.status == "pending" || r.status == "skipped") {
+		if r.tag == newTag && r.status == "pending" {
 			note("on the new image outside a dispatched batch", r.uuid)
 		}
 		if r.tag == newTag && r.status == "rolled_back" {
@@ -209,20 +212,17 @@ var eventRank = map[string]int{
 }
 
 func (e *env) checkEvents(ctx context.Context, devs []devState) []string {
-	rows, err := e.db.Query(ctx, `SELECT device_uuid, event_type FROM rollout_events
-		WHERE rollout_id = $1 AND device_uuid IS NOT NULL ORDER BY id`, e.rollout)
+	// A device's scheduling is its own image.device_scheduled event or (since dispatches name their
+	// devices in chunks) its uuid in an image.batch_devices_scheduled event.
+	rows, err := e.db.Query(ctx, `SELECT COALESCE(device_uuid, ''), event_type, data::text FROM rollout_events
+		WHERE rollout_id = $1 AND (device_uuid IS NOT NULL OR event_type = $2) ORDER BY id`, e.rollout, streams.EventBatchDevicesScheduled)
 	if err != nil {
 		return []string{"read events: " + err.Error()}
 	}
 	seen := map[string]map[string]int{}
 	last := map[string]int{}
 	bad := map[string][]string{}
-	for rows.Next() {
-		var dev, typ string
-		if err := rows.Scan(&dev, &typ); err != nil {
-			rows.Close()
-			return []string{"read events: " + err.Error()}
-		}
+	saw := func(dev, typ string) {
 		if seen[dev] == nil {
 			seen[dev] = map[string]int{}
 			last[dev] = -1
@@ -233,12 +233,31 @@ func (e *env) checkEvents(ctx context.Context, devs []devState) []string {
 		}
 		rk, ok := eventRank[typ]
 		if !ok {
-			continue
+			return
 		}
 		if rk < last[dev] {
 			bad["event "+typ+" out of order"] = append(bad["event "+typ+" out of order"], dev)
 		}
 		last[dev] = max(last[dev], rk)
+	}
+	for rows.Next() {
+		var dev, typ, data string
+		if err := rows.Scan(&dev, &typ, &data); err != nil {
+			rows.Close()
+			return []string{"read events: " + err.Error()}
+		}
+		if typ != streams.EventBatchDevicesScheduled {
+			saw(dev, typ)
+			continue
+		}
+		var d streams.BatchDevicesScheduledV1
+		if err := json.Unmarshal([]byte(data), &d); err != nil {
+			rows.Close()
+			return []string{"read events: " + typ + ": " + err.Error()}
+		}
+		for _, u := range d.Devices {
+			saw(u, streams.EventDeviceScheduled)
+		}
 	}
 	rows.Close()
 	for _, d := range devs {
@@ -256,7 +275,7 @@ func (e *env) checkEvents(ctx context.Context, devs []devState) []string {
 				bad["missing event "+typ] = append(bad["missing event "+typ], d.uuid)
 			}
 		}
-		if (d.status == "pending" || d.status == "skipped") && len(s) > 0 {
+		if d.status == "pending" && len(s) > 0 {
 			bad["events for an undispatched device"] = append(bad["events for an undispatched device"], d.uuid)
 		}
 	}

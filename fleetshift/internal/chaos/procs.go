@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 const (
 	// EnvRoles is the comma-separated roles the server child runs (empty: all, as serve).
 	EnvRoles = "FLEETSHIFT_CHAOS_ROLES"
+	// EnvLogLevel is the log level of the fleetshift processes (default error; their stderr is the
+	// harness's, each line prefixed with the process name).
+	EnvLogLevel = "FLEETSHIFT_CHAOS_LOG_LEVEL"
 )
 
 // Hello is what a server child prints once it serves.
@@ -107,7 +111,7 @@ func startDeployment(ctx context.Context, mode, dbURL, dataDir, adminToken, webh
 		"DATABASE_URL=" + dbURL,
 		"FLEETSHIFT_ADMIN_TOKEN=" + adminToken,
 		"FLEETSHIFT_WEBHOOK_TOKEN=" + webhookToken,
-		"FLEETSHIFT_LOG_LEVEL=error",
+		"FLEETSHIFT_LOG_LEVEL=" + cmp.Or(os.Getenv(EnvLogLevel), "error"),
 		"FLEETSHIFT_LOG_FORMAT=console",
 	}
 	coreRoles := ""
