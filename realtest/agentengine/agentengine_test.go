@@ -60,7 +60,7 @@ func followEvents(t *testing.T) *eventLog {
 func (l *eventLog) waitFor(t *testing.T, want ...string) []string {
 	t.Helper()
 	var lines []string
-	eventually(t, time.Minute, func() error {
+	eventually(t, 5*time.Minute, func() error {
 		l.mu.Lock()
 		lines = slices.Clone(l.lines)
 		l.mu.Unlock()
@@ -179,7 +179,7 @@ func TestHealthChecksAgainstRealContainers(t *testing.T) {
 		}
 	}
 	// Attempt timeouts are generous: docker exec alone can take seconds on a busy machine.
-	patient := `"interval_seconds":0.3,"retries":100,"timeout_seconds":20,"deadline_seconds":90`
+	patient := `"interval_seconds":0.3,"retries":100,"timeout_seconds":20,"deadline_seconds":240`
 	brief := `"interval_seconds":0.3,"retries":2,"timeout_seconds":20`
 	e.waitHealth("bad", "unhealthy") // Docker's own probe of the broken app has failed twice
 	cases := []struct {
@@ -208,7 +208,7 @@ func TestHealthChecksAgainstRealContainers(t *testing.T) {
 	// A check on a container that ran once but exited: the container check says so.
 	e.apply(target(2, svc("good", good, ""), wire.Service{ServiceName: "bad", ImageName: bad,
 		Config: map[string]any{"image": bad, "environment": map[string]any{"DEMOAPP_FAIL": "exit"}, "restart": "no"}}))
-	eventually(t, time.Minute, func() error {
+	eventually(t, 5*time.Minute, func() error {
 		if c := e.containers()["bad"]; c.Status != "exited" {
 			return fmt.Errorf("bad is %s", c.Status)
 		}
@@ -282,7 +282,7 @@ func TestUpdateLockHoldsUpdateBack(t *testing.T) {
 		}
 	case err := <-done:
 		t.Fatalf("update went ahead under a held lock: %v", err)
-	case <-time.After(2 * time.Minute):
+	case <-time.After(10 * time.Minute):
 		t.Fatal("update neither deferred nor done")
 	}
 	if c := e.containers()["web"]; c.ID != old.ID || c.Status != "running" || c.ImageRef != ref1 {
@@ -296,7 +296,7 @@ func TestUpdateLockHoldsUpdateBack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(3 * time.Minute):
+	case <-time.After(10 * time.Minute):
 		t.Fatal("update did not finish after the lock was released")
 	}
 	if c := e.containers()["web"]; c.ID == old.ID || c.ImageRef != ref2 || c.Status != "running" {
@@ -326,7 +326,7 @@ func TestRestartMidUpdateAdoptsAndConverges(t *testing.T) {
 	go func() { done <- e.rt.Apply(ctx, v2) }()
 	// The runtime writes the new compose file after stopping web and before pulling.
 	file := filepath.Join(e.stateDir, "apps", "1", "docker-compose.json")
-	eventually(t, 2*time.Minute, func() error {
+	eventually(t, 5*time.Minute, func() error {
 		if c := e.containers()["web"]; c.Status != "exited" {
 			return fmt.Errorf("web is %s, waiting for the update to stop it", c.Status)
 		}

@@ -81,7 +81,7 @@ func (e *env) push(local, repoTag string) string {
 // apply applies target and fails the test on an error.
 func (e *env) apply(target wire.DeviceTarget) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := e.rt.Apply(ctx, target); err != nil {
 		e.t.Fatalf("apply target %d: %v", target.Version, err)
@@ -139,7 +139,7 @@ func eventually(t *testing.T, timeout time.Duration, f func() error) {
 func (e *env) waitHealth(service, want string) container {
 	e.t.Helper()
 	var c container
-	eventually(e.t, 90*time.Second, func() error {
+	eventually(e.t, 5*time.Minute, func() error {
 		var ok bool
 		c, ok = e.containers()[service]
 		if !ok {

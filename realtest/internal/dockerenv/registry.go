@@ -26,7 +26,7 @@ type Registry struct {
 func StartRegistry(t testing.TB, opts ...testcontainers.ContainerCustomizer) *Registry {
 	t.Helper()
 	Images(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	all := append([]testcontainers.ContainerCustomizer{testcontainers.WithExposedPorts("5000/tcp")}, opts...)
 	ctr, err := testcontainers.Run(ctx, RegistryImage, all...)
