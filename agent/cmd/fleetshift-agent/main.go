@@ -123,7 +123,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&projectPrefix, "project-prefix", env("FLEETSHIFT_AGENT_PROJECT_PREFIX", "fs-"),
 		"compose project name prefix (one per device sharing a Docker engine)")
 	f.DurationVar(&poll, "poll-interval", 30*time.Second, "HTTP poll interval while NATS is unreachable (jittered, backs off on errors)")
-	f.DurationVar(&heartbeat, "heartbeat", time.Minute, "report period")
+	f.DurationVar(&heartbeat, "heartbeat", 30*time.Second, "report period (the server expects FLEETSHIFT_HEARTBEAT_SECONDS, default 30)")
 	f.DurationVar(&lockTimeout, "lock-timeout", 10*time.Minute, "longest an update waits for a held update lock")
 	f.StringVar(&logLevel, "log-level", "info", "log level")
 	return cmd
