@@ -1,6 +1,7 @@
 package dockerenv_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -19,7 +20,8 @@ func TestRegistryPushAndPull(t *testing.T) {
 		t.Fatalf("%s is still tagged locally after the push", ref)
 	}
 	dockerenv.Docker(t, "pull", ref)
-	t.Cleanup(func() { _, _ = dockerenv.DockerErr(t.Context(), "image", "rm", ref) })
+	// t.Context is over by cleanup time.
+	t.Cleanup(func() { _, _ = dockerenv.DockerErr(context.Background(), "image", "rm", ref, digestRef) })
 	if got, want := dockerenv.ImageID(t, ref), dockerenv.ImageID(t, dockerenv.DemoappV1); got != want {
 		t.Fatalf("pulled %s is image %s, pushed %s", ref, got, want)
 	}
