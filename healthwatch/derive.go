@@ -52,8 +52,8 @@ func rank(status string) int { return lifecycle.Rank(lifecycle.DeviceStatus(stat
 // verdict is what one report says about one device row.
 type verdict struct {
 	status string
-	// reason explains a failure.
-	reason string
+	// reason explains a failure; log is the failed container's last log lines as the device sent them.
+	reason, log string
 	// unhealthy marks a failure found by the health check (image.health_check_failed).
 	unhealthy bool
 }
@@ -159,7 +159,7 @@ func deriveService(svc streams.ReportedService, ref imageref.Ref, row rowImage, 
 		if svc.Error != "" {
 			reason += ": " + svc.Error
 		}
-		return verdict{status: statusFailed, reason: reason}
+		return verdict{status: statusFailed, reason: reason, log: svc.LogTail}
 	}
 	if status != "running" {
 		return verdict{status: statusUpdating}
@@ -175,7 +175,11 @@ func deriveService(svc streams.ReportedService, ref imageref.Ref, row rowImage, 
 	case "healthy":
 		return verdict{status: statusCompleted}
 	case "unhealthy":
-		return verdict{status: statusFailed, unhealthy: true, reason: fmt.Sprintf("service %s: health check failed", name)}
+		reason := fmt.Sprintf("service %s: health check failed", name)
+		if svc.Error != "" {
+			reason += ": " + svc.Error
+		}
+		return verdict{status: statusFailed, unhealthy: true, reason: reason, log: svc.LogTail}
 	}
 	return verdict{status: statusHealthChecking}
 }

@@ -171,6 +171,8 @@ type ReportedService struct {
 	Status      string          `json:"status"`
 	Health      *Health         `json:"health,omitempty"`
 	Error       string          `json:"error,omitempty"`
+	// LogTail is the last lines of a failed service's container log (at most 50 lines, 4 KiB).
+	LogTail string `json:"logTail,omitempty"`
 }
 
 // Health is a service's health as the device's checks see it.

@@ -73,6 +73,9 @@ func draw(seed uint64, index int, salt, image string) float64 {
 
 type simService struct {
 	name, image, status, health string
+	// retry is the target's retry counter the service was started for; reason and log say why it failed.
+	retry       int
+	reason, log string
 }
 
 // deviceRuntime is the simulator's in-memory runtime.Runtime for one device: pulling takes a random
@@ -85,6 +88,8 @@ type deviceRuntime struct {
 	mu      sync.Mutex
 	apps    map[string][]simService
 	pulling int
+	// attempts counts the starts of each image (a retry starts it again).
+	attempts map[string]int
 }
 
 // Fails reports whether the device of index ends unhealthy on image under rates and seed: the
@@ -94,16 +99,32 @@ func Fails(rates []Rate, seed uint64, index int, image string) bool {
 	return ok && draw(seed, index, "fail", image) < p
 }
 
-func (r *deviceRuntime) outcome(image string) (status, health string) {
+// outcome decides how attempt (from 1) of image ends on this device. A failing service carries a
+// reason and a fabricated log tail, as a real agent's failed container would.
+func (r *deviceRuntime) outcome(image string, attempt int) simService {
 	cfg := &r.sim.cfg
-	if Fails(cfg.FailRates, cfg.Seed, r.index, image) {
+	if Fails(cfg.FailRates, cfg.Seed, r.index, image) && (cfg.FailAttempts <= 0 || attempt <= cfg.FailAttempts) {
 		// Its health check fails (or, for one in four of them, its container exits).
 		if draw(cfg.Seed, r.index, "exit", image) < 0.25 {
-			return "exited", ""
+			return simService{image: image, status: "exited", reason: "container exited with code 1",
+				log: fabricatedLog(image, attempt, "fatal: listen tcp :8080: bind: address already in use")}
 		}
-		return "running", wire.Unhealthy
+		return simService{image: image, status: "running", health: wire.Unhealthy,
+			reason: "GET http://127.0.0.1:8080/healthz answered 500 Internal Server Error",
+			log:    fabricatedLog(image, attempt, "error: database connection refused; /healthz answers 500")}
 	}
-	return "running", wire.Healthy
+	return simService{image: image, status: "running", health: wire.Healthy}
+}
+
+// fabricatedLog is a failed container's log as the simulator makes it up: more lines than a report
+// carries, ending in last, bounded like a real agent's tail (wire.TailLog).
+func fabricatedLog(image string, attempt int, last string) string {
+	var b strings.Builder
+	for i := 1; i <= wire.LogTailLines+10; i++ {
+		fmt.Fprintf(&b, "%s attempt %d: starting worker %d\n", image, attempt, i)
+	}
+	b.WriteString(last)
+	return wire.TailLog(b.String())
 }
 
 func (r *deviceRuntime) pullTime(image string) time.Duration {
@@ -129,13 +150,18 @@ func (r *deviceRuntime) Apply(ctx context.Context, t wire.DeviceTarget) error {
 		}
 		for _, s := range app.Services {
 			img := s.Image()
-			if p, ok := prev[s.ServiceName]; ok && p.image == img {
+			if p, ok := prev[s.ServiceName]; ok && p.image == img && p.retry == s.Retry {
 				next[appID] = append(next[appID], p)
 				continue
 			}
 			wait = max(wait, r.pullTime(img))
-			status, health := r.outcome(img)
-			next[appID] = append(next[appID], simService{name: s.ServiceName, image: img, status: status, health: health})
+			if r.attempts == nil {
+				r.attempts = map[string]int{}
+			}
+			r.attempts[img]++
+			svc := r.outcome(img, r.attempts[img])
+			svc.name, svc.retry = s.ServiceName, s.Retry
+			next[appID] = append(next[appID], svc)
 			if p, ok := matchRate(r.sim.cfg.SilentRates, img); ok && draw(r.sim.cfg.Seed, r.index, "silent", img) < p {
 				defer r.silent.Store(true)
 			}
@@ -171,7 +197,7 @@ func (r *deviceRuntime) State(context.Context) (map[string]wire.ReportedApp, err
 	for appID, svcs := range r.apps {
 		ra := wire.ReportedApp{AppName: "sim", Services: make([]wire.ReportedService, 0, len(svcs))}
 		for _, s := range svcs {
-			rs := wire.ReportedService{ServiceName: s.name, ImageName: s.image, Status: s.status}
+			rs := wire.ReportedService{ServiceName: s.name, ImageName: s.image, Status: s.status, Error: s.reason, LogTail: s.log}
 			if s.health != "" {
 				rs.Health = &wire.Health{Status: s.health}
 			}

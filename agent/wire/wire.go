@@ -6,6 +6,8 @@ package wire
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 )
 
 // Target is the document GET /api/v1/device/:uuid/state returns and fleet.device.<uuid>.target carries:
@@ -41,6 +43,9 @@ type Service struct {
 	// UpdateStrategy is download-then-kill (default) or kill-then-download; it may also be given as the
 	// label io.fleetshift.update-strategy or io.balena.update.strategy in config.labels.
 	UpdateStrategy string `json:"updateStrategy,omitempty"`
+	// Retry counts the server's re-dispatches of this service's image after it failed: a changed value
+	// asks the device to start the service afresh (pull again, recreate the container).
+	Retry int `json:"retry,omitempty"`
 }
 
 // Image returns the image the service runs: imageName, else config.image.
@@ -128,8 +133,40 @@ type ReportedService struct {
 	ImageName   string  `json:"imageName"`
 	Status      string  `json:"status"`
 	Health      *Health `json:"health,omitempty"`
-	// Error says why the service is not on its target (a failed pull, a failed start).
+	// Error says why the service is not on its target (a failed pull, a failed start) or why it
+	// failed (exit code, failing health check).
 	Error string `json:"error,omitempty"`
+	// LogTail is the last lines of a failed service's container log, bounded by TailLog.
+	LogTail string `json:"logTail,omitempty"`
+}
+
+// Bounds of a report's log tail: the last LogTailLines lines, and at most LogTailBytes bytes of them.
+const (
+	LogTailLines = 50
+	LogTailBytes = 4096
+)
+
+// TailLog returns the last LogTailLines lines of log, cut to its last LogTailBytes bytes at a line
+// (or, for one overlong line, a UTF-8) boundary, without a trailing newline.
+func TailLog(log string) string {
+	log = strings.TrimRight(log, "\n")
+	lines := strings.Split(log, "\n")
+	if len(lines) > LogTailLines {
+		lines = lines[len(lines)-LogTailLines:]
+	}
+	out := strings.Join(lines, "\n")
+	for len(out) > LogTailBytes {
+		i := strings.IndexByte(out, '\n')
+		if i < 0 {
+			out = out[len(out)-LogTailBytes:]
+			for len(out) > 0 && !utf8.RuneStart(out[0]) {
+				out = out[1:]
+			}
+			break
+		}
+		out = out[i+1:]
+	}
+	return out
 }
 
 // Health statuses.

@@ -18,6 +18,9 @@
 //	approve:      awaiting_approval -> in_progress (next batch requested); no-op on in_progress
 //	rollback-all: every status but superseded -> rolled_back (healthwatch.RollbackAll); no-op on rolled_back
 //	rollback:     one device back to its old image (healthwatch.RollbackDevice); every status but superseded
+//	retry:        in_progress, paused, awaiting_approval: failed devices (all, or those named) re-dispatched
+//	              (healthwatch.RetryDevices; the rollout keeps its status); 409 on every other status, on a
+//	              named device that is not failed, and when no device is failed
 //
 // Events added to the contract's original list: image.rollout_start_requested (start; image.rollout_started
 // follows from the dispatcher) and image.batch_approved (approve).
@@ -60,7 +63,12 @@ const (
 	RollbackAll Verb = "rollback-all"
 	// Rollback rolls one device back; it needs a device uuid.
 	Rollback Verb = "rollback"
+	// Retry re-dispatches failed devices: all of them, or those named (Service.Retry).
+	Retry Verb = "retry"
 )
+
+// MaxRetryDevices bounds the device_uuids of one retry request.
+const MaxRetryDevices = 10000
 
 // Verbs lists the rollout-wide verbs (every verb but Rollback).
 var Verbs = []Verb{Start, Pause, Resume, Cancel, Approve, RollbackAll}
@@ -195,10 +203,13 @@ func (s *Service) Do(ctx context.Context, verb Verb, rolloutID, deviceUUID, acto
 				Msg("verb done; reading the rollout back failed")
 		}
 		return res, nil
+	case Retry:
+		r, err := s.Retry(ctx, rolloutID, nil, actor)
+		return r.Result, err
 	case Start, Pause, Resume, Cancel, Approve:
 	default:
 		return Result{}, apierr.New(apierr.ErrInvalid, "invalid_verb",
-			"unknown verb %q (start, pause, resume, cancel, approve, rollback-all, rollback)", verb)
+			"unknown verb %q (start, pause, resume, cancel, approve, rollback-all, rollback, retry)", verb)
 	}
 
 	tx, err := s.pool.Begin(ctx)
@@ -440,4 +451,43 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 			Data:    map[string]any{"approved_batch": next, "completed_batch": ro.currentBatch}}}, nil
 	}
 	return nil, fmt.Errorf("verb %s has no change", verb)
+}
+
+// RetryResult is the answer to retry: a Result and the devices re-dispatched.
+type RetryResult struct {
+	Result
+	Retried []string `json:"retried"`
+}
+
+// Retry re-dispatches the failed devices of rollout rolloutID (those in devices; all when it is
+// empty) on behalf of actor: HTTP POST /api/v1/rollouts/:id/retry and NATS <p>.control.rollout.<id>.retry
+// both end here. Errors are Do's, plus ErrConflict when a named device is not failed or none is.
+func (s *Service) Retry(ctx context.Context, rolloutID string, devices []string, actor string) (RetryResult, error) {
+	if _, err := uuid.Parse(rolloutID); err != nil {
+		return RetryResult{}, apierr.Invalid("id", "expected a rollout id (a UUID), got %q", rolloutID)
+	}
+	if len(devices) > MaxRetryDevices {
+		return RetryResult{}, apierr.Invalid("device_uuids", "expected at most %d device uuids, got %d", MaxRetryDevices, len(devices))
+	}
+	for i, d := range devices {
+		if !device.ValidUUID(d) {
+			return RetryResult{}, apierr.Invalid(fmt.Sprintf("device_uuids[%d]", i), "expected a device uuid (1-64 of A-Z a-z 0-9 _ -), got %q", d)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	retried, err := healthwatch.RetryDevices(ctx, s.pool, s.subj, rolloutID, devices, actor)
+	if err != nil {
+		return RetryResult{}, fmt.Errorf("retry rollout %s: %w", rolloutID, err)
+	}
+	res := RetryResult{Result: Result{OK: true, Changed: len(retried) > 0}, Retried: retried}
+	if res.Retried == nil {
+		res.Retried = []string{}
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT r.status, `+rolloutJSON+` FROM image_rollouts r
+		WHERE r.rollout_id = $1`, rolloutID).Scan(&res.Status, &res.Rollout); err != nil {
+		s.log.Warn().Err(err).Str("rollout_id", rolloutID).Msg("retry done; reading the rollout back failed")
+	}
+	s.log.Info().Str("rollout_id", rolloutID).Str("actor", actor).Int("devices", len(retried)).Msg("failed devices retried")
+	return res, nil
 }

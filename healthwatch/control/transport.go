@@ -17,6 +17,7 @@ import (
 //
 //	POST /api/v1/rollouts/:id/{start,pause,resume,cancel,rollback-all,approve}
 //	POST /api/v1/rollouts/:id/devices/:uuid/rollback
+//	POST /api/v1/rollouts/:id/retry   optional body {"device_uuids": [...]} (default: every failed device)
 //
 // They answer 200 with a Result, or the apierr error document with the status Do's error maps to.
 func (s *Service) Register(r fiber.Router, ops *auth.Operators) {
@@ -29,6 +30,32 @@ func (s *Service) Register(r fiber.Router, ops *auth.Operators) {
 	r.Post("/api/v1/rollouts/:id/devices/:uuid/rollback", operate, func(c *fiber.Ctx) error {
 		return s.serveHTTP(c, Rollback, c.Params("uuid"))
 	})
+	r.Post("/api/v1/rollouts/:id/"+string(Retry), operate, func(c *fiber.Ctx) error {
+		p, ok := auth.PrincipalFrom(c)
+		if !ok {
+			return apierr.New(apierr.ErrUnauthorized, "unauthorized", "missing bearer token")
+		}
+		req, err := decodeRequest(c.Body())
+		if err != nil {
+			return err
+		}
+		res, err := s.Retry(c.UserContext(), c.Params("id"), req.DeviceUUIDs, p.Actor())
+		if err != nil {
+			return err
+		}
+		return c.JSON(res)
+	})
+}
+
+// decodeRequest reads an optional control body (empty: no fields).
+func decodeRequest(body []byte) (Request, error) {
+	var req Request
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err := apierr.DecodeJSON(body, &req, false); err != nil {
+			return Request{}, err
+		}
+	}
+	return req, nil
 }
 
 func (s *Service) serveHTTP(c *fiber.Ctx, verb Verb, device string) error {
@@ -49,6 +76,7 @@ func (s *Service) serveHTTP(c *fiber.Ctx, verb Verb, device string) error {
 //	<p>.control.rollout.<id>.<verb>                   verb: start, pause, resume, cancel, rollback-all, approve
 //	<p>.control.rollout.<id>.rollback                 body {"device_uuid": "..."}: one device
 //	<p>.control.rollout.<id>.devices.<uuid>.rollback  the same, device in the subject
+//	<p>.control.rollout.<id>.retry                    optional body {"device_uuids": [...]}
 //
 // The operator token goes in header Authorization ("Bearer <token>" or the bare token) and is checked
 // like HTTP's: an operate (or admin) token is needed. The reply is a Result, or
@@ -78,6 +106,8 @@ func (s *Service) Run(ctx context.Context) error {
 type Request struct {
 	// DeviceUUID names the device of a "rollback" request.
 	DeviceUUID string `json:"device_uuid,omitempty"`
+	// DeviceUUIDs names the devices of a "retry" request (none: every failed device).
+	DeviceUUIDs []string `json:"device_uuids,omitempty"`
 }
 
 func (s *Service) serveNATS(ctx context.Context, m *nats.Msg) {
@@ -101,7 +131,7 @@ func (s *Service) serveNATS(ctx context.Context, m *nats.Msg) {
 }
 
 // natsRequest authenticates a NATS control request and carries it out.
-func (s *Service) natsRequest(ctx context.Context, m *nats.Msg) (Result, error) {
+func (s *Service) natsRequest(ctx context.Context, m *nats.Msg) (any, error) {
 	id, verb, device, err := s.parseSubject(m.Subject)
 	if err != nil {
 		return Result{}, err
@@ -118,12 +148,17 @@ func (s *Service) natsRequest(ctx context.Context, m *nats.Msg) (Result, error) 
 		return Result{}, apierr.New(apierr.ErrForbidden, "insufficient_scope",
 			"this needs a %s token; the presented token has scope %s", auth.ScopeOperate, p.Scope)
 	}
+	if verb == Retry {
+		req, err := decodeRequest(m.Data)
+		if err != nil {
+			return Result{}, err
+		}
+		return s.Retry(ctx, id, req.DeviceUUIDs, p.Actor())
+	}
 	if verb == Rollback && device == "" {
-		var req Request
-		if len(strings.TrimSpace(string(m.Data))) > 0 {
-			if err := apierr.DecodeJSON(m.Data, &req, false); err != nil {
-				return Result{}, err
-			}
+		req, err := decodeRequest(m.Data)
+		if err != nil {
+			return Result{}, err
 		}
 		if req.DeviceUUID == "" {
 			return Result{}, apierr.Invalid("device_uuid", "rollback of one device needs {\"device_uuid\"}; use rollback-all for the whole rollout")

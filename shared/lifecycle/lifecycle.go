@@ -77,7 +77,8 @@ func Targets(from Status) []Status { return append([]Status(nil), transitions[fr
 type DeviceStatus string
 
 // Device statuses. A device moves forward only: pending < scheduled < updating < health_checking <
-// completed | failed (Rank); rolled_back and skipped end it from the side.
+// completed | failed (Rank); rolled_back and skipped end it from the side. The one way back is a retry:
+// failed -> scheduled, with a new target generation.
 const (
 	DevicePending        DeviceStatus = "pending"         // in a batch not dispatched yet
 	DeviceScheduled      DeviceStatus = "scheduled"       // its target names the new image
@@ -144,7 +145,8 @@ var deviceTransitions = map[DeviceStatus][]DeviceStatus{
 	DeviceUpdating:       {DeviceHealthChecking, DeviceCompleted, DeviceFailed, DeviceRolledBack, DeviceSkipped},
 	DeviceHealthChecking: {DeviceCompleted, DeviceFailed, DeviceRolledBack, DeviceSkipped},
 	DeviceCompleted:      {DeviceRolledBack},
-	DeviceFailed:         {DeviceRolledBack},
+	DeviceFailed: {DeviceRolledBack,
+		DeviceScheduled}, // retry: an operator's retry verb or the policy's max_retries re-dispatches it
 }
 
 // CanMoveDevice reports whether a device may move from from to to in a rollout.

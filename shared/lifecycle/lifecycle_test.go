@@ -6,8 +6,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/fleetshift/fleetshift/shared/pgtest"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	"github.com/fleetshift/fleetshift/shared/pgtest"
 )
 
 // TestRolloutTransitions: the whole rollout transition table, every pair.
@@ -49,8 +49,8 @@ func TestRolloutTransitions(t *testing.T) {
 	}
 }
 
-// TestDeviceTransitions: the device transition table; a device only moves forward, and every move
-// reports could make raises its rank.
+// TestDeviceTransitions: the device transition table; a device only moves forward (but for a retry,
+// failed -> scheduled), and every move reports could make raises its rank.
 func TestDeviceTransitions(t *testing.T) {
 	t.Parallel()
 	P, S, U, H := lifecycle.DevicePending, lifecycle.DeviceScheduled, lifecycle.DeviceUpdating, lifecycle.DeviceHealthChecking
@@ -61,7 +61,7 @@ func TestDeviceTransitions(t *testing.T) {
 		U: {H, C, F, R, K},
 		H: {C, F, R, K},
 		C: {R},
-		F: {R},
+		F: {R, S}, // retry
 		R: nil,
 		K: nil,
 	}

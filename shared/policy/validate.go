@@ -45,6 +45,7 @@ type Input struct {
 	OfflineGraceSeconds       *int32          `json:"offline_grace_seconds"`
 	OfflineAction             *string         `json:"offline_action"`
 	DynamicInclusion          *bool           `json:"dynamic_inclusion"`
+	MaxRetries                *int32          `json:"max_retries"`
 
 	ID        json.RawMessage `json:"id"`
 	CreatedAt json.RawMessage `json:"created_at"`
@@ -257,6 +258,10 @@ func (in Input) Validate() (Policy, error) {
 		return p, apierr.Invalid("offline_action", "must be one of %s", strings.Join(OfflineActions(), ", "))
 	}
 	p.DynamicInclusion = orDefault(in.DynamicInclusion, DefaultDynamicInclusion)
+	p.MaxRetries = orDefault(in.MaxRetries, DefaultMaxRetries)
+	if err := intIn("max_retries", p.MaxRetries, 0, MaxMaxRetries); err != nil {
+		return p, err
+	}
 	return p, nil
 }
 

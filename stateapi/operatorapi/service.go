@@ -94,6 +94,8 @@ func (s *Service) Register(r fiber.Router) {
 
 	r.Get("/api/v1/image-policies", deadline, read, s.listPolicies)
 	r.Post("/api/v1/image-policies", deadline, operate, s.createPolicy)
+	r.Post("/api/v1/image-policies/replay", deadline, read, s.replayPolicy)
+	r.Post("/api/v1/image-policies/:id/replay", deadline, read, s.replayStoredPolicy)
 	r.Get("/api/v1/image-policies/:id", deadline, read, s.getPolicy)
 	r.Put("/api/v1/image-policies/:id", deadline, operate, s.replacePolicy)
 	r.Delete("/api/v1/image-policies/:id", deadline, operate, s.deletePolicy)
@@ -102,5 +104,6 @@ func (s *Service) Register(r fiber.Router) {
 	r.Get("/api/v1/rollouts", deadline, read, s.listRollouts)
 	r.Get("/api/v1/rollouts/:id", deadline, read, s.getRollout)
 	r.Get("/api/v1/rollouts/:id/devices", deadline, read, s.listRolloutDevices)
+	r.Get("/api/v1/rollouts/:id/devices/:uuid", deadline, read, s.getRolloutDevice)
 	r.Get("/api/v1/rollouts/:id/events", deadline, read, s.listRolloutEvents)
 }

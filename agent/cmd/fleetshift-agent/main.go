@@ -180,6 +180,7 @@ func simCmd() *cobra.Command {
 	f.StringVar(&transport, "transport", "nats", "nats (one connection per device) or http (shared HTTP pool, polling)")
 	f.StringArrayVar(&cfg.Images, "image", nil, "image the devices start on (repeatable: one service each)")
 	f.StringArrayVar(&failRates, "fail-rate", nil, "GLOB=P: a device updated to a matching image ends unhealthy with probability P (repeatable)")
+	f.IntVar(&cfg.FailAttempts, "fail-attempts", 0, "with --fail-rate: a failing device fails only its first N starts of an image, and a retry beyond them runs healthy (0: always fails)")
 	f.StringArrayVar(&silentRates, "silent-rate", nil, "GLOB=P: a device updated to a matching image never reports again with probability P")
 	f.StringVar(&pullTime, "pull-time", "200ms-2s", "simulated pull time range")
 	f.Uint64Var(&seed, "seed", 1, "seed for reproducible failures")

@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -409,6 +410,25 @@ func (r *Runtime) run(ctx context.Context, name string, full, what []string) ([]
 	return out, nil
 }
 
+// logTail returns the last lines of a failed service's container log (`logs --tail`), bounded by
+// wire.TailLog; "" when they cannot be read (the report goes out without them).
+func (r *Runtime) logTail(ctx context.Context, appID, service string) string {
+	out, err := r.compose(ctx, appID, "logs", "--no-color", "--tail", strconv.Itoa(wire.LogTailLines), service)
+	if err != nil {
+		return ""
+	}
+	// Compose prefixes each line with "<container> | ".
+	var b strings.Builder
+	for line := range strings.SplitSeq(strings.TrimRight(string(out), "\n"), "\n") {
+		if _, rest, ok := strings.Cut(line, " | "); ok {
+			line = rest
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return wire.TailLog(b.String())
+}
+
 // composeDoc renders an app as a compose project (JSON, which compose reads as YAML); withName adds the
 // top-level "name" (Compose v2; v1 refuses it).
 func composeDoc(project, appID string, app wire.App, withName bool) ([]byte, error) {
@@ -435,6 +455,10 @@ func composeDoc(project, appID string, app wire.App, withName bool) ([]byte, err
 		}
 		labels["io.fleetshift.app-id"] = appID
 		labels["io.fleetshift.service-name"] = s.ServiceName
+		if s.Retry > 0 {
+			// A retry changes the container's configuration, so compose recreates it.
+			labels["io.fleetshift.retry"] = strconv.Itoa(s.Retry)
+		}
 		svc["labels"] = labels
 		if _, ok := svc["restart"]; !ok {
 			svc["restart"] = "unless-stopped"
@@ -569,6 +593,12 @@ func (r *Runtime) State(ctx context.Context) (map[string]wire.ReportedApp, error
 				rs.Status = e.State
 				if e.Health != "" {
 					rs.Health = &wire.Health{Status: e.Health}
+				}
+				if e.State == "exited" || e.State == "dead" || e.Health == "unhealthy" {
+					rs.LogTail = r.logTail(ctx, id, s.ServiceName)
+					if rs.Error == "" && e.ExitCode != 0 {
+						rs.Error = fmt.Sprintf("container exited with code %d", e.ExitCode)
+					}
 				}
 			}
 			rs.Error = errs[id][s.ServiceName]

@@ -227,7 +227,7 @@ func rolloutsCmd(g *globals) *cobra.Command {
 			return "/api/v1/rollouts/" + url.PathEscape(a[0]) + "/rollback-all"
 		}, nil)
 	cmd.AddCommand(rb)
-	cmd.AddCommand(planCmd(g), watchCmd(g), rolloutDevicesCmd(g), rolloutEventsCmd(g))
+	cmd.AddCommand(planCmd(g), watchCmd(g), rolloutDevicesCmd(g), rolloutEventsCmd(g), rolloutDeviceCmd(g), rolloutRetryCmd(g))
 	return cmd
 }
 
@@ -242,6 +242,7 @@ func policiesCmd(g *globals) *cobra.Command {
 		func(a []string) string { return "/api/v1/image-policies/" + url.PathEscape(a[0]) }))
 	cmd.AddCommand(postCmd(g, "delete ID", "Delete a policy", "DELETE", cobra.ExactArgs(1),
 		func(a []string) string { return "/api/v1/image-policies/" + url.PathEscape(a[0]) }, nil))
+	cmd.AddCommand(policyReplayCmd(g))
 	return cmd
 }
 
@@ -273,6 +274,7 @@ var policyFields = []struct{ name, kind, usage string }{
 	{"offline_grace_seconds", "int", "how long an offline device may hold its batch"},
 	{"offline_action", "string", "skip or fail an offline device after its grace"},
 	{"dynamic_inclusion", "bool", "devices that start running the image join an active rollout"},
+	{"max_retries", "int", "re-dispatch a failed device up to N times before it counts as failed (0-10)"},
 }
 
 func policyWriteCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string) *cobra.Command {

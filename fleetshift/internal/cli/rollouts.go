@@ -286,6 +286,9 @@ func rolloutSubListCmd(g *globals, use, short, sub string, cols []string, header
 				row := make([]string, len(cols))
 				for i, col := range cols {
 					row[i] = str(it[col])
+					if col == "failure_reason" && row[i] == "" {
+						row[i] = str(it["error_message"]) // skipped and rolled-back devices say why there
+					}
 				}
 				rows = append(rows, row)
 			}
@@ -301,8 +304,8 @@ func rolloutSubListCmd(g *globals, use, short, sub string, cols []string, header
 
 func rolloutDevicesCmd(g *globals) *cobra.Command {
 	return rolloutSubListCmd(g, "devices ROLLOUT_ID", "List a rollout's devices, e.g. --status failed", "devices",
-		[]string{"batch_number", "device_uuid", "device_name", "status", "old_image_tag", "new_image_tag", "error_message", "updated_at"},
-		[]string{"BATCH", "DEVICE", "NAME", "STATUS", "OLD", "NEW", "ERROR", "UPDATED"},
+		[]string{"batch_number", "device_uuid", "device_name", "status", "old_image_tag", "new_image_tag", "retry_count", "failure_reason", "updated_at"},
+		[]string{"BATCH", "DEVICE", "NAME", "STATUS", "OLD", "NEW", "RETRIES", "REASON", "UPDATED"},
 		func(c *cobra.Command, q url.Values) {
 			queryFlag(c, q, "status", "only devices in these statuses (comma-separated: pending, scheduled, updating, health_checking, completed, failed, rolled_back, skipped)")
 		})
@@ -415,4 +418,51 @@ func strOrDash(s *string) string {
 		return "-"
 	}
 	return dash(*s)
+}
+
+// rolloutDeviceCmd shows one device of a rollout: its row, then the failed container's log tail.
+func rolloutDeviceCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "device ROLLOUT_ID DEVICE_UUID",
+		Short: "Show one device of a rollout: status, why it failed and the last lines of its failed container's log",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			id, err := resolveRollout(cmd.Context(), c, args[0])
+			if err != nil {
+				return err
+			}
+			var obj map[string]any
+			if err := c.Do(cmd.Context(), "GET", "/api/v1/rollouts/"+url.PathEscape(id)+"/devices/"+url.PathEscape(args[1]), nil, &obj); err != nil {
+				return err
+			}
+			if g.output != FormatTable {
+				return renderObject(g, obj)
+			}
+			logTail := str(obj["failure_log"])
+			delete(obj, "failure_log")
+			if err := renderObject(g, obj); err != nil {
+				return err
+			}
+			if logTail != "" {
+				fmt.Fprintf(g.out, "\nlast log lines of the failed container:\n%s\n", logTail)
+			}
+			return nil
+		},
+	}
+}
+
+// rolloutRetryCmd re-dispatches a rollout's failed devices: all, or those named.
+func rolloutRetryCmd(g *globals) *cobra.Command {
+	return rolloutPostCmd(g, "retry ROLLOUT_ID [DEVICE_UUID...]", "Re-dispatch a rollout's failed devices (all, or those named)", "POST", cobra.MinimumNArgs(1),
+		func(a []string) string { return "/api/v1/rollouts/" + url.PathEscape(a[0]) + "/retry" },
+		func(a []string) (any, error) {
+			if len(a) == 1 {
+				return nil, nil
+			}
+			return map[string]any{"device_uuids": a[1:]}, nil
+		})
 }

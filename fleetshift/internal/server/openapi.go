@@ -182,7 +182,7 @@ func schemas() map[string]any {
 		"tag_policy":   map[string]any{"type": "string", "enum": []string{"glob", "semver"}},
 		"semver_range": str, "batch_approval": boolean,
 		"offline_grace_seconds": integer, "offline_action": map[string]any{"type": "string", "enum": []string{"skip", "fail"}},
-		"dynamic_inclusion": boolean, "created_at": stamp, "updated_at": stamp,
+		"dynamic_inclusion": boolean, "max_retries": integer, "created_at": stamp, "updated_at": stamp,
 	}, "image_pattern")
 	rollout := obj(map[string]any{
 		"rollout_id": str, "policy_id": integer, "image_name": str, "old_tag": str, "new_tag": str, "new_digest": str,
