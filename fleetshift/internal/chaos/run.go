@@ -368,7 +368,16 @@ func (e *env) inject(ctx context.Context, f Fault) Fault {
 		p.kill()
 		sleep(f.Down)
 		t := time.Now()
-		if err := p.start(ctx); err != nil {
+		// As a supervisor does: start it again until it stays up (a start may fail while the embedded
+		// JetStream recovers its store on a loaded machine).
+		var err error
+		for attempt := 1; attempt <= 5; attempt++ {
+			if err = p.start(ctx); err == nil {
+				break
+			}
+			f.Note = fmt.Sprintf("%d failed starts (last: %v)", attempt, err)
+		}
+		if err != nil {
 			f.Note = "restart failed: " + err.Error()
 			return f
 		}
