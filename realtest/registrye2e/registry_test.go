@@ -104,7 +104,7 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 	_, err := api.do(http.MethodPost, "/api/v1/image-policies", map[string]any{
 		"image_pattern": repo + ":*", "update_strategy": "staged", "batch_percentages": []int{20, 60, 100},
 		"batch_delay_seconds": 1, "health_check_enabled": true, "health_check_timeout_seconds": 120,
-		"health_check_config":   map[string]any{"type": "container", "interval_seconds": 2, "retries": 45, "timeout_seconds": 20},
+		"health_check_config":   map[string]any{"type": "container", "interval_seconds": 2, "retries": 20, "timeout_seconds": 20},
 		"auto_rollback_enabled": true, "max_failure_rate": 0.2, "min_sample_size": 1,
 	})
 	require.NoError(t, err)
@@ -125,9 +125,17 @@ func TestRegistryNotificationsRollOutToRealDevices(t *testing.T) {
 		cmd := h.Command(context.Background(), filepath.Join(bin, "fleetshift-agent"), "run",
 			"--server", fmt.Sprintf("http://%s:%d", lan.HostIP, httpPort), "--provisioning-key", key.Key,
 			"--name", d.name, "--state-dir", d.state, "--project-prefix", d.prefix,
-			"--poll-interval", "5s", "--heartbeat", "10s")
+			"--poll-interval", "5s", "--heartbeat", "10s", "--log-level", "debug")
 		d.proc = start(t, d.name, cmd, os.Environ())
 		t.Cleanup(func() { removeProject(d.project) }) // runs after the agent is stopped
+		t.Cleanup(func() {
+			if t.Failed() && d.uuid != "" {
+				cur, _ := api.do(http.MethodGet, "/api/v1/devices/"+d.uuid+"/current-state", nil)
+				tgt, _ := api.do(http.MethodGet, "/api/v1/devices/"+d.uuid+"/target-state", nil)
+				c, err := d.container()
+				t.Logf("%s: current state %s\ntarget %s\ncontainer %+v %v", d.name, cur, tgt, c, err)
+			}
+		})
 		devs[i] = d
 	}
 	for _, d := range devs {
@@ -299,7 +307,8 @@ func sameImage(ref, want string) bool {
 func targetOf(image string) map[string]any {
 	return map[string]any{"config": map[string]any{}, "apps": map[string]any{"1": map[string]any{
 		"appId": 1, "appName": "demo", "services": []any{map[string]any{
-			"serviceId": 1, "serviceName": "web", "imageName": image, "config": map[string]any{"image": image},
+			// Docker's default bridge: no network per compose project to create (and no iptables work).
+			"serviceId": 1, "serviceName": "web", "imageName": image, "config": map[string]any{"image": image, "network_mode": "bridge"},
 		}},
 	}}}
 }
