@@ -110,7 +110,7 @@ func TestMonitoringNamesExportedMetrics(t *testing.T) {
 	e.push("acme/app", "2.0") // a webhook, and an active (pending) rollout with a failure rate
 	id := e.latestRollout("acme/app:2.0")
 	e.waitStatus(id, 30*time.Second, "pending")
-	if _, err := e.db.Pool.Exec(context.Background(), `UPDATE devices SET last_seen_at = now() WHERE uuid = 'mon-1'`); err != nil {
+	if _, err := e.db.Pool.Exec(context.Background(), `UPDATE devices SET last_seen_at = now(), is_online = true WHERE uuid = 'mon-1'`); err != nil {
 		t.Fatal(err)
 	}
 	paused, _, _ := e.fixture("paused")
