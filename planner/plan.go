@@ -123,13 +123,19 @@ func cmpOr(a, b string) string {
 // are not already on the pushed tag and digest. The same function underlies Preview and the real
 // rollout. An invalid push is an apierr.ErrInvalid error.
 func Plan(ctx context.Context, q Querier, push streams.PushV1) (*RolloutPlan, error) {
+	return plan(ctx, q, push, nil)
+}
+
+// plan is Plan with an optional policy laid over the stored ones (a replay's new or changed policy):
+// with override set, the stored policy of the same id is ignored and override competes in its place.
+func plan(ctx context.Context, q Querier, push streams.PushV1, override *Policy) (*RolloutPlan, error) {
 	ref, err := pushRef(push)
 	if err != nil {
 		return nil, err
 	}
 	push.Repository, push.ImageName, push.Tag, push.Digest = ref.Repository, ref.Familiar, ref.Tag, ref.Digest
 	plan := &RolloutPlan{Push: push, Image: ref, NewImage: ref.String()}
-	pol, cand, err := winningPolicy(ctx, q, ref.Repository, ref.Tag)
+	pol, cand, err := winningPolicy(ctx, q, ref.Repository, ref.Tag, override)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", ref, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/fleetshift/fleetshift/shared/match"
 	policies "github.com/fleetshift/fleetshift/shared/policy"
@@ -48,11 +49,33 @@ func (c candidate) better(o candidate) bool {
 	return c.id < o.id
 }
 
+// compile returns the candidate of a policy row; ok is false when its pattern or range does not compile.
+func compile(id int64, pattern string, priority int, tagPolicy, semverRange string) (candidate, bool) {
+	p, err := match.Compile(pattern)
+	if err != nil {
+		return candidate{}, false
+	}
+	c := candidate{id: id, priority: priority, pattern: p}
+	if tagPolicy == policies.Semver {
+		sv, err := match.CompileSemver(semverRange)
+		if err != nil {
+			return candidate{}, false
+		}
+		c.semver = &sv
+	}
+	return c, true
+}
+
+// unsavedID ranks a policy that is not stored yet (a replayed new policy) after every stored one in
+// the lowest-id tie-break, as its id would be once created.
+const unsavedID = math.MaxInt64
+
 // winningPolicy returns the enabled policy that applies to a push of repository:tag (nil when none),
 // and its compiled pattern and semver range. Only the few columns matching needs are read for every
 // enabled policy; the winner is then read whole. Policies whose pattern or range no longer compiles
-// are skipped.
-func winningPolicy(ctx context.Context, q Querier, repository, tag string) (*Policy, *candidate, error) {
+// are skipped. A non-nil override replaces the stored policy of its id (ID 0: a policy not stored yet)
+// and is returned as it is when it wins.
+func winningPolicy(ctx context.Context, q Querier, repository, tag string, override *Policy) (*Policy, *candidate, error) {
 	rows, err := q.Query(ctx, `SELECT id, image_pattern, priority, tag_policy, coalesce(semver_range, '')
 		FROM image_update_policies WHERE enabled`)
 	if err != nil {
@@ -70,19 +93,11 @@ func winningPolicy(ctx context.Context, q Querier, repository, tag string) (*Pol
 			rows.Close()
 			return nil, nil, fmt.Errorf("read policy: %w", err)
 		}
-		p, err := match.Compile(pattern)
-		if err != nil {
+		if override != nil && id == override.ID {
 			continue
 		}
-		c := candidate{id: id, priority: priority, pattern: p}
-		if tagPolicy == policies.Semver {
-			sv, err := match.CompileSemver(semverRange)
-			if err != nil {
-				continue
-			}
-			c.semver = &sv
-		}
-		if !c.admits(repository, tag) {
+		c, ok := compile(id, pattern, priority, tagPolicy, semverRange)
+		if !ok || !c.admits(repository, tag) {
 			continue
 		}
 		if best == nil || c.better(*best) {
@@ -93,8 +108,23 @@ func winningPolicy(ctx context.Context, q Querier, repository, tag string) (*Pol
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("load enabled policies: %w", err)
 	}
+	fromOverride := false
+	if override != nil && override.Enabled {
+		id := override.ID
+		if id == 0 {
+			id = unsavedID
+		}
+		c, ok := compile(id, override.ImagePattern, int(override.Priority), override.TagPolicy, deref(override.SemverRange))
+		if ok && c.admits(repository, tag) && (best == nil || c.better(*best)) {
+			best, fromOverride = &c, true
+		}
+	}
 	if best == nil {
 		return nil, nil, nil
+	}
+	if fromOverride {
+		pol := *override
+		return &pol, best, nil
 	}
 	pol, err := loadPolicy(ctx, q, best.id)
 	if err != nil {
@@ -110,4 +140,11 @@ func loadPolicy(ctx context.Context, q Querier, id int64) (*Policy, error) {
 		return nil, fmt.Errorf("load policy %d: vanished while planning", id)
 	}
 	return p, err
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

@@ -98,7 +98,7 @@ func (s *Service) replacePolicy(c *fiber.Ctx) error {
 	args := append(p.Args(), id)
 	return s.sendPolicy(c, s.cfg.Pool.QueryRow(c.UserContext(), `WITH p AS (UPDATE image_update_policies SET
 		(`+policies.Columns+`, updated_at) = (`+policies.Placeholders+`, now())
-		WHERE id = $25 RETURNING *)
+		WHERE id = $`+strconv.Itoa(len(args))+` RETURNING *)
 		SELECT `+policyJSON+` FROM p`, args...), id, fiber.StatusOK)
 }
 
