@@ -49,7 +49,7 @@ test-docker:
 
 test-realtest:
 	@scripts/build-images >/dev/null
-	cd realtest && FLEETSHIFT_REQUIRE_DOCKER=1 FLEETSHIFT_IMAGES_PREBUILT=1 $(GO) test -count=1 -timeout 15m -parallel 8 ./...
+	cd realtest && FLEETSHIFT_REQUIRE_DOCKER=1 FLEETSHIFT_IMAGES_PREBUILT=1 $(GO) test -count=1 -timeout 25m -parallel 8 ./...
 
 # Under make test: required whenever `docker info` answers; without an engine they skip, and say so.
 test-realtest-if-docker:
