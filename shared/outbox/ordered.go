@@ -29,6 +29,10 @@ type Ordered struct {
 	// Version orders the messages of one subject; it never goes backwards for a subject.
 	Version int64
 	Msg     *nats.Msg
+
+	// lastSeq, when set, is the subject's last sequence as JetStream named it when it refused a publish
+	// ("wrong last sequence: N"): the next round reads that message by sequence.
+	lastSeq uint64
 }
 
 // OrderedMessage returns an outbox message that the relay publishes with PublishOrdered.
@@ -104,6 +108,7 @@ func PublishOrdered(ctx context.Context, js jetstream.JetStream, msgs []Ordered)
 		if err != nil {
 			return err
 		}
+		correctLasts(ctx, js.Conn(), todo, lasts)
 		var send []Ordered
 		for i, m := range todo {
 			if lasts[i].version >= m.Version {
@@ -304,7 +309,9 @@ func publishExpecting(ctx context.Context, js jetstream.JetStream, msgs []Ordere
 				var apiErr *jetstream.APIError
 				if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 					apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-					again = append(again, p.m)
+					m := p.m
+					m.lastSeq = wrongLastSeq(apiErr.Description)
+					again = append(again, m)
 					continue
 				}
 				return fmt.Errorf("publish %s: %w", p.m.Msg.Subject, err)
@@ -341,4 +348,39 @@ func publishExpecting(ctx context.Context, js jetstream.JetStream, msgs []Ordere
 		return nil, err
 	}
 	return again, nil
+}
+
+// wrongLastSeq is the sequence JetStream names in a "wrong last sequence: N" refusal (0 if none).
+func wrongLastSeq(desc string) uint64 {
+	_, n, ok := strings.Cut(desc, "wrong last sequence: ")
+	if !ok {
+		return 0
+	}
+	seq, err := strconv.ParseUint(strings.TrimSpace(n), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return seq
+}
+
+// correctLasts replaces, for each message JetStream refused naming its subject's last sequence, the
+// last read by subject with the message at that sequence (read by sequence). A read of a subject's last
+// message has been seen to return the message a newer one replaced while JetStream's publish check
+// names the newer one; reading the named sequence settles it. A failed read keeps what was read before.
+func correctLasts(ctx context.Context, nc *nats.Conn, msgs []Ordered, lasts []last) {
+	for i, m := range msgs {
+		if m.lastSeq == 0 || m.lastSeq <= lasts[i].seq {
+			continue
+		}
+		body, _ := json.Marshal(struct {
+			Seq uint64 `json:"seq"`
+		}{m.lastSeq})
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		reply, err := nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+m.Stream, body)
+		cancel()
+		if err != nil || reply.Header.Get("Status") != "" || reply.Header.Get(jetstream.SubjectHeader) != m.Msg.Subject {
+			continue
+		}
+		lasts[i] = last{seq: m.lastSeq, version: versionOf(reply.Header)}
+	}
 }
