@@ -80,6 +80,12 @@ func (s *Service) renotify(ctx context.Context, devs []back) {
 		msg := nats.NewMsg(subject)
 		msg.Data = last.Data
 		for k, v := range last.Header {
+			// Not the server's own headers of the stored copy (Nats-Sequence, Nats-Stream, Nats-Subject,
+			// Nats-Time-Stamp, an old expectation): stored again, a stale Nats-Sequence would be read
+			// first by every later ordered publish, which would then expect the wrong sequence forever.
+			if strings.HasPrefix(k, "Nats-") {
+				continue
+			}
 			msg.Header[k] = v
 		}
 		msg.Header.Set(jetstream.MsgIDHeader, msg.Header.Get(jetstream.MsgIDHeader)+"-online-"+strconv.FormatInt(time.Now().UnixNano(), 10))
