@@ -286,9 +286,54 @@ func (e *env) checkEvents(ctx context.Context, devs []devState) []string {
 	return out
 }
 
-// busyConsumers lists the durable consumers with pending or unacknowledged messages.
+// waitDevicesRun waits (90 s at most) until every device reports running what its row says: the new
+// image when completed, not the new image when rolled back. It is the devices' own word, so a target
+// written but never delivered shows here. It returns the violations left at the end.
+func (e *env) waitDevicesRun(ctx context.Context) []string {
+	var bad map[string][]string
+	_ = poll(ctx, 90*time.Second, time.Second, "devices run their targets", func() (bool, error) {
+		rows, err := e.db.Query(ctx, `SELECT s.device_uuid, s.status, position(r.new_image IN COALESCE(c.apps::text, '')) > 0
+			FROM device_rollout_status s JOIN image_rollouts r ON r.rollout_id = s.rollout_id
+			LEFT JOIN device_current_state c ON c.device_uuid = s.device_uuid
+			WHERE s.rollout_id = $1 AND s.status IN ('completed', 'rolled_back')`, e.rollout)
+		if err != nil {
+			return false, nil
+		}
+		bad = map[string][]string{}
+		for rows.Next() {
+			var dev, st string
+			var onNew bool
+			if rows.Scan(&dev, &st, &onNew) != nil {
+				continue
+			}
+			if st == "completed" && !onNew {
+				bad["completed but not reporting the new image"] = append(bad["completed but not reporting the new image"], dev)
+			}
+			if st == "rolled_back" && onNew {
+				bad["rolled back but still reporting the new image"] = append(bad["rolled back but still reporting the new image"], dev)
+			}
+		}
+		rows.Close()
+		return len(bad) == 0, nil
+	})
+	var out []string
+	for kind, ids := range bad {
+		out = append(out, fmt.Sprintf("%d devices %s (e.g. %s)", len(ids), kind, ids[0]))
+	}
+	return out
+}
+
+// busyConsumers lists the durable consumers with pending or unacknowledged messages, and the outbox
+// when rows are left in it (a message never published).
 func (e *env) busyConsumers(ctx context.Context) ([]string, error) {
 	var busy []string
+	var outbox int
+	if err := e.db.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&outbox); err != nil {
+		return nil, err
+	}
+	if outbox > 0 {
+		busy = append(busy, fmt.Sprintf("outbox rows=%d", outbox))
+	}
 	names := e.js.StreamNames(ctx)
 	var streamNames []string
 	for n := range names.Name() {

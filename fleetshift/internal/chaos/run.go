@@ -266,6 +266,9 @@ func runOne(ctx context.Context, o Options, cluster *pgCluster, dir string, n in
 	if err != nil {
 		res.Violation = append(res.Violation, err.Error())
 	}
+	if e.rollout != "" {
+		res.Violation = append(res.Violation, e.waitDevicesRun(ctx)...)
+	}
 	// The devices go offline, so their heartbeats stop and the consumers can drain.
 	for _, s := range e.sims {
 		s.stop()
