@@ -442,7 +442,7 @@ func rolloutDeviceCmd(g *globals) *cobra.Command {
 			if g.output != FormatTable {
 				return renderObject(g, obj)
 			}
-			logTail := str(obj["failure_log"])
+			logTail, _ := obj["failure_log"].(string)
 			delete(obj, "failure_log")
 			if err := renderObject(g, obj); err != nil {
 				return err
