@@ -147,3 +147,52 @@ func TestDevicesJoinActiveRollout(t *testing.T) {
 		t.Fatalf("a device registered after completion joined the rollout: %d %v", n, err)
 	}
 }
+
+// TestOfflineDeviceIsSkippedAfterGrace: a device offline when its batch is dispatched neither fails by
+// health timeout nor blocks the rollout: after offline_grace_seconds it is skipped (image.device_skipped)
+// and the rollout completes with no failure; when it comes back it gets its newest target and runs it.
+func TestOfflineDeviceIsSkippedAfterGrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.srv = e.startWith(map[string]string{"FLEETSHIFT_HEARTBEAT_SECONDS": "1", "FLEETSHIFT_OFFLINE_AFTER_MISSED": "2"})
+	e.admin("POST", "/api/v1/image-policies", map[string]any{"image_pattern": "acme/app:*", "update_strategy": "auto",
+		"health_check_timeout_seconds": 6, "offline_grace_seconds": 10, "offline_action": "skip"}, 201)
+	state := t.TempDir()
+	fast := func(c *sim.Config) { c.Heartbeat = 300 * time.Millisecond }
+	online := e.runSim("grace-on", 3, []string{"acme/app:1.0"}, fast)
+	_, stop := e.runSimStoppable("grace-off", 1, []string{"acme/app:1.0"},
+		func(c *sim.Config) { fast(c); c.StateDir = state })
+	wait.For(t, 60*time.Second, func() error {
+		if on, _, _, _ := e.presenceCounts("grace-off"); on != 1 {
+			return fmt.Errorf("not online yet")
+		}
+		if on, _, _, _ := e.presenceCounts("grace-on"); on != 3 {
+			return fmt.Errorf("not online yet")
+		}
+		return nil
+	})
+	stop()
+	wait.For(t, 60*time.Second, func() error {
+		if _, off, _, _ := e.presenceCounts("grace-off"); off != 1 {
+			return fmt.Errorf("not offline yet")
+		}
+		return nil
+	})
+
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	r := e.waitStatus(id, 60*time.Second, "completed")
+	if r.Failed != 0 || r.Healthy != 3 || r.Total != 4 {
+		t.Fatalf("rollout with an offline device: %+v", r)
+	}
+	if st := e.deviceStatuses(id); st["skipped"] != 1 || st["completed"] != 3 {
+		t.Fatalf("device statuses: %v", st)
+	}
+	if got := e.eventTypes(id, "image.device_skipped", "image.device_failed"); len(got) != 1 || got[0] != "device_skipped" {
+		t.Fatalf("events: %v", got)
+	}
+	waitSim(t, online, 30*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == 3 })
+
+	back := e.runSim("grace-off", 1, []string{"acme/app:1.0"}, func(c *sim.Config) { fast(c); c.StateDir = state })
+	waitSim(t, back, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == 1 })
+}
