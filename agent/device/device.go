@@ -260,7 +260,7 @@ func (a *Agent) connectNATS() error {
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(2 * time.Second),
-//JIT		nats.ReconnectJitter(3*time.Second, 5*time.Second),
+		nats.ReconnectJitter(3*time.Second, 5*time.Second),
 		nats.IgnoreAuthErrorAbort(),
 		// No buffering while disconnected: a report that cannot go now stays pending in the agent.
 		nats.ReconnectBufSize(-1),
@@ -367,6 +367,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		applying = true
 		a.applies.Add(1)
 		healthCancel()
+		// Results of the previous target's checks must not be reported for the containers this apply
+		// starts (a report during the apply would otherwise call a new, unchecked image healthy); until
+		// the new checks finish, reports carry Docker's own health.
+		clear(a.healthByName)
 		go func() {
 			err := a.cfg.Runtime.Apply(ctx, t)
 			applyDone <- applyResult{t, err}
