@@ -327,6 +327,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("preview a push", chromedp.SendKeys(chromedp.CSS("#pv-image"), "acme/app:1.2"), chromedp.Click(chromedp.CSS("#pv-btn")))
 	b.waitFor("the preview", `(document.querySelector('#pv-out')||{}).textContent.includes('acme/app:*')`, 10*time.Second)
 	b.snapshot("policy-preview")
+	b.do("replay the saved policy", chromedp.Click(chromedp.CSS("#rp-btn")))
+	b.waitFor("the replay", `/\d+ push\(es\) replayed: 0 rollout\(s\)/.test((document.querySelector('#rp-out')||{}).textContent)`, 10*time.Second)
 
 	// A read token sees the same pages and no control buttons.
 	b.signIn(e.srv.HTTPURL, read)

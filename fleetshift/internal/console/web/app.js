@@ -579,6 +579,28 @@
     ]],
   ];
 
+  // replayPanel: the stored policy replayed over the pushes of the last days (POST .../:id/replay).
+  function replayPanel() {
+    return `<div class="panel"><h2>Replay history</h2><div class="sub" style="margin-bottom:10px">The rollouts this policy, as saved, would have created for the pushes of the last days, planned over today's devices. Nothing is written.</div>
+      <form class="filters" id="rp-form"><input type="text" id="rp-days" value="7" inputmode="numeric" style="width:60px"> days
+      <button class="btn" type="submit" id="rp-btn">Replay</button></form><div id="rp-out" style="margin-top:12px"></div></div>`;
+  }
+  function bindReplay(id) {
+    $('#rp-form').onsubmit = async (ev) => {
+      ev.preventDefault();
+      const out = $('#rp-out');
+      try {
+        const r = await api('POST', '/api/v1/image-policies/' + id + '/replay', { days: Number($('#rp-days').value.trim()) });
+        const ro = r.rollouts || [];
+        out.innerHTML = `<div class="sub">${r.pushes} push(es) replayed${r.truncated ? ' (most recent only)' : ''}: ${ro.length} rollout(s), ${(r.skipped || []).length} skipped.</div>
+          ${ro.length ? `<table id="rp-table"><thead><tr><th>Pushed</th><th>Image</th><th>Starts</th><th class="num">Devices</th><th>Batches</th></tr></thead><tbody>${ro.map((x) =>
+    `<tr><td>${esc(x.pushed_at)}</td><td class="mono">${esc(x.image)}</td><td>${esc(label(x.status))}</td><td class="num">${x.total_devices}</td><td>${esc((x.batch_sizes || []).join(' → '))}</td></tr>`).join('')}</tbody></table>` : ''}`;
+      } catch (e) {
+        out.innerHTML = `<div class="msg error">${esc(e.message)}</div>`;
+      }
+    };
+  }
+
   function policyPage(id) {
     const isNew = id === 'new';
     const ro = !session.canOperate();
@@ -587,8 +609,9 @@
       ${!ro && !isNew ? '<button class="btn danger" type="button" id="p-delete">Delete</button>' : ''}</div>
       <form class="panel" id="p-form" novalidate>${FIELDS.map(([group, fs]) => `<fieldset><legend>${group}</legend><div class="form">${fs.map(fieldHTML).join('')}</div></fieldset>`).join('')}
       <div class="controls">${ro ? '<span class="sub">Read-only token: policies can be viewed, not changed.</span>' : `<button class="btn primary" type="submit" id="p-save">${isNew ? 'Create policy' : 'Save changes'}</button>`}
-      <a class="btn ghost" href="#/policies">Back</a></div><div class="msg" id="p-msg" hidden></div></form>${previewPanel()}`;
+      <a class="btn ghost" href="#/policies">Back</a></div><div class="msg" id="p-msg" hidden></div></form>${previewPanel()}${isNew ? '' : replayPanel()}`;
     bindPreview();
+    if (!isNew) bindReplay(id);
     if (ro) $$('#p-form input, #p-form select').forEach((el) => { el.disabled = true; });
     let doc = { image_pattern: '', update_strategy: 'staged', batch_percentages: [10, 50, 100], batch_delay_seconds: 60, health_check_enabled: true,
       health_check_timeout_seconds: 300, auto_rollback_enabled: true, max_failure_rate: 0.2, min_sample_size: 0, enabled: true, priority: 0, tag_policy: 'glob' };
