@@ -15,6 +15,10 @@ import (
 // ServiceUser is the NATS user fleetshift's own services authenticate as on the embedded server.
 const ServiceUser = "fleetshift-service"
 
+// SystemUser is the embedded server's user in the system account ($SYS), with ServiceUser's password:
+// healthwatch reads connect and disconnect advisories through it (device presence).
+const SystemUser = "fleetshift-system"
+
 // EmbeddedConfig configures the embedded server.
 type EmbeddedConfig struct {
 	// Addr is host:port to listen on; port 0 picks a free port. When the port is taken and
@@ -87,6 +91,10 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		MaxConn:            1 << 20, // one connection per device; nats-server's default 65,536 is below a large fleet
 		Users:              []*server.User{{Username: ServiceUser, Password: cfg.ServicePassword}},
 	}
+	sys := server.NewAccount("$SYS")
+	opts.Accounts = []*server.Account{sys}
+	opts.SystemAccount = "$SYS"
+	opts.Users = append(opts.Users, &server.User{Username: SystemUser, Password: cfg.ServicePassword, Account: sys})
 	if cfg.Configure != nil {
 		if err := cfg.Configure(opts); err != nil {
 			return nil, fmt.Errorf("configure embedded nats: %w", err)

@@ -196,3 +196,39 @@ func TestOfflineDeviceIsSkippedAfterGrace(t *testing.T) {
 	back := e.runSim("grace-off", 1, []string{"acme/app:1.0"}, func(c *sim.Config) { fast(c); c.StateDir = state })
 	waitSim(t, back, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == 1 })
 }
+
+// TestDisconnectedDeviceIsOfflineAtOnce: with the default heartbeat (offline only after 90 s of
+// silence), a device whose NATS connection closes is offline at once (disconnect advisory, reason
+// "disconnected") and online again when it reconnects (connect advisory or its first report).
+func TestDisconnectedDeviceIsOfflineAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start()
+	state := t.TempDir()
+	_, stop := e.runSimStoppable("disc", 2, []string{"acme/app:1.0"}, func(c *sim.Config) { c.StateDir = state })
+	wait.For(t, 60*time.Second, func() error {
+		if on, _, _, _ := e.presenceCounts("disc"); on != 2 {
+			return fmt.Errorf("online %d", on)
+		}
+		return nil
+	})
+	stop()
+	wait.For(t, 30*time.Second, func() error {
+		var n int
+		if err := e.srv.Pool.QueryRow(context.Background(), `SELECT count(*) FROM rollout_events ev JOIN devices x ON x.uuid = ev.device_uuid
+			WHERE x.fleet_id = 'disc' AND ev.event_type = 'device.offline' AND ev.data->>'reason' = 'disconnected'`).Scan(&n); err != nil {
+			return err
+		}
+		if on, off, _, _ := e.presenceCounts("disc"); on != 0 || off != 2 || n != 2 {
+			return fmt.Errorf("online %d, offline %d, disconnected events %d", on, off, n)
+		}
+		return nil
+	})
+	e.runSim("disc", 2, []string{"acme/app:1.0"}, func(c *sim.Config) { c.StateDir = state })
+	wait.For(t, 60*time.Second, func() error {
+		if on, _, evOn, _ := e.presenceCounts("disc"); on != 2 || evOn != 4 {
+			return fmt.Errorf("online %d, online events %d", on, evOn)
+		}
+		return nil
+	})
+}

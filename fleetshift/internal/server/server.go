@@ -88,8 +88,10 @@ type Server struct {
 	AdminToken, WebhookToken string
 	DatabaseURL              string
 
-	Pool     *pgxpool.Pool
-	NC       *nats.Conn
+	Pool *pgxpool.Pool
+	NC   *nats.Conn
+	// SystemNC is the connection to the embedded server's system account (nil with NATS_URL).
+	SystemNC *nats.Conn
 	JS       jetstream.JetStream
 	Subjects streams.Subjects
 	Embedded *broker.Embedded
@@ -184,7 +186,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			return nil, err
 		}
 		s.natsIssuerSeed = issuer.Secret
-		hook, err := natsauth.Configure(issuer.Secret, broker.ServiceUser)
+		hook, err := natsauth.Configure(issuer.Secret, broker.ServiceUser, broker.SystemUser)
 		if err != nil {
 			return nil, err
 		}
@@ -211,6 +213,13 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	if s.NC, err = broker.Connect(s.NATSURL, "fleetshift", creds); err != nil {
 		return nil, natsError(s.NATSURL, err)
+	}
+	if s.Embedded != nil {
+		// Device presence: connect and disconnect advisories live in the system account.
+		if s.SystemNC, err = broker.Connect(s.NATSURL, "fleetshift-presence",
+			broker.Credentials{User: broker.SystemUser, Password: creds.Password}); err != nil {
+			return nil, natsError(s.NATSURL, err)
+		}
 	}
 	if s.JS, err = jetstream.New(s.NC); err != nil {
 		return nil, fmt.Errorf("open jetstream: %w", err)
@@ -241,7 +250,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s.registerHealth(s.app) // before the services' routes: every process answers them the same way
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
+	deps := Deps{Metrics: s.Metrics, Pool: s.Pool, NC: s.NC, SystemNC: s.SystemNC, JS: s.JS, Subjects: s.Subjects, Log: log, Config: cfg,
 		WebhookToken: s.WebhookToken, PublicNATSURL: s.PublicNATSURL, Tune: o.Tune,
 		Operators: auth.NewOperators(s.Pool, s.AdminToken, logging.Component(log, "auth"))}
 	runners, err := buildServices(deps, s.app, roles)
@@ -349,6 +358,9 @@ func (s *Server) Shutdown() {
 }
 
 func (s *Server) closeResources() {
+	if s.SystemNC != nil {
+		s.SystemNC.Close()
+	}
 	if s.NC != nil {
 		_ = s.NC.Drain()
 		for i := 0; i < 100 && !s.NC.IsClosed(); i++ {

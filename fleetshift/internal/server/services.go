@@ -30,6 +30,7 @@ type Deps struct {
 	Metrics       *metrics.Registry
 	Pool          *pgxpool.Pool
 	NC            *nats.Conn
+	SystemNC      *nats.Conn // the system account, for connect/disconnect advisories; nil when not available
 	JS            jetstream.JetStream
 	Subjects      streams.Subjects
 	Log           zerolog.Logger
@@ -117,7 +118,8 @@ func buildServices(d Deps, app *fiber.App, roles []string) ([]namedRunner, error
 		svc, err := healthwatch.New(healthwatch.Config{Pool: d.Pool, JS: d.JS, Subjects: d.Subjects,
 			Log: logging.Component(d.Log, RoleHealthwatch), TickInterval: d.Tune.TickInterval, Now: d.Tune.Now,
 			DeadLetterCount: d.Metrics.DeadLetter,
-			Heartbeat:       time.Duration(d.Config.HeartbeatSeconds) * time.Second, OfflineAfterMissed: d.Config.OfflineAfterMissed})
+			Heartbeat:       time.Duration(d.Config.HeartbeatSeconds) * time.Second, OfflineAfterMissed: d.Config.OfflineAfterMissed,
+			SystemNC: d.SystemNC})
 		if err != nil {
 			return nil, fmt.Errorf("start healthwatch: %w", err)
 		}
