@@ -587,7 +587,8 @@ func (r *Runtime) State(ctx context.Context) (map[string]wire.ReportedApp, error
 		}
 		ra := wire.ReportedApp{AppID: app.AppID, AppName: app.AppName}
 		for _, s := range app.Services {
-			rs := wire.ReportedService{ServiceName: s.ServiceName, ImageName: s.Image(), Status: "missing"}
+			rs := wire.ReportedService{ServiceName: s.ServiceName, ImageName: s.Image(), Status: "missing",
+				Error: errs[id][s.ServiceName]}
 			if e, ok := byService[s.ServiceName]; ok {
 				rs.ImageName = cmp.Or(e.Image, rs.ImageName)
 				rs.Status = e.State
@@ -601,7 +602,6 @@ func (r *Runtime) State(ctx context.Context) (map[string]wire.ReportedApp, error
 					}
 				}
 			}
-			rs.Error = errs[id][s.ServiceName]
 			ra.Services = append(ra.Services, rs)
 		}
 		out[id] = ra

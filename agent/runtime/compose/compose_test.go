@@ -36,6 +36,8 @@ case " $* " in
     fi ;;
   *" ps "*)
     [ -e "$dir/ps-$proj" ] && cat "$dir/ps-$proj" ;;
+  *" logs "*)
+    [ -e "$dir/logs" ] && cat "$dir/logs" ;;
 esac
 exit 0
 `
