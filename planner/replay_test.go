@@ -4,8 +4,8 @@ import (
 	"context"
 	"testing"
 
-	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/shared/pgtest"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 )
 
 // TestOverridePolicyCompetesAsIfStored: a replayed policy without an id ranks after every stored policy on
