@@ -232,3 +232,26 @@ func TestDisconnectedDeviceIsOfflineAtOnce(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDynamicInclusionOptOut: with dynamic_inclusion false a device registering while the rollout is
+// pending does not join it.
+func TestDynamicInclusionOptOut(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start()
+	e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"update_strategy": "manual",
+		"dynamic_inclusion": false}), 201)
+	s := e.runSim("optout", 2, []string{"acme/app:1.0"}, nil)
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == 2 })
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	e.waitStatus(id, 30*time.Second, "pending")
+	late := e.runSim("optout-late", 1, []string{"acme/app:1.0"}, nil)
+	waitSim(t, late, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == 1 })
+	if got := e.joinedBatches(id); len(got) != 0 {
+		t.Fatalf("joined despite dynamic_inclusion false: %v", got)
+	}
+	if r := e.rollout(id); r.Total != 2 {
+		t.Fatalf("total_devices %d, want 2", r.Total)
+	}
+}
