@@ -202,12 +202,7 @@ func setRetry(apps target.Apps, image imageref.Ref, attempt int) (target.Apps, b
 			if !ok {
 				continue
 			}
-			raw, _ := svc["imageName"].(string)
-			if raw == "" {
-				if cfg, ok := svc["config"].(map[string]any); ok {
-					raw, _ = cfg["image"].(string)
-				}
-			}
+			raw := target.ServiceImage(svc)
 			ref, err := imageref.Parse(raw)
 			if err != nil || ref.Repository != image.Repository || ref.Tag != image.Tag || ref.Digest != image.Digest {
 				continue

@@ -73,7 +73,7 @@ func imagesCached(apps Apps, cache map[string]imageref.Ref) ([]Image, error) {
 			if !ok {
 				return nil, fmt.Errorf("apps.%s.services[%d] must be an object", id, i)
 			}
-			raw := serviceImage(svc)
+			raw := ServiceImage(svc)
 			if raw == "" {
 				continue
 			}
@@ -94,7 +94,8 @@ func imagesCached(apps Apps, cache map[string]imageref.Ref) ([]Image, error) {
 	return out, nil
 }
 
-func serviceImage(svc map[string]any) string {
+// ServiceImage is the image a service document runs: its imageName, else its config.image ("" if none).
+func ServiceImage(svc map[string]any) string {
 	if s, ok := svc["imageName"].(string); ok && s != "" {
 		return s
 	}
@@ -135,7 +136,7 @@ func SetImageWith(apps Apps, repository, image string, keep func(imageref.Ref) b
 			if !ok {
 				continue
 			}
-			raw := serviceImage(svc)
+			raw := ServiceImage(svc)
 			if raw == "" || raw == image {
 				continue
 			}
