@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fleetshift/fleetshift/shared/wait"
 )
 
 // bin is the fleetshift binary built once for the tests that run it as a subprocess.
@@ -215,14 +218,13 @@ func get(t *testing.T, url string, header ...string) (int, string) {
 	return res.StatusCode, string(b)
 }
 
-// eventually polls f until it is true or the deadline passes.
+// eventually polls f until it is true or the deadline passes (wait.For with a message).
 func eventually(t *testing.T, within time.Duration, f func() bool, msg string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
+	wait.For(t, within, func() error {
+		if f() {
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return errors.New(msg)
+	})
 }
