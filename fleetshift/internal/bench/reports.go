@@ -158,7 +158,10 @@ func (r *Runner) reportIngestOn(ctx context.Context, row Row, total, n int, with
 		var samples []sample
 		err = poll(ctx, 5*time.Minute, 20*time.Millisecond, fmt.Sprintf("%d reports committed", n), func() (bool, error) {
 			var c int
-			err := r.db.Pool.QueryRow(ctx, `SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND batch_number = 1 AND status = 'completed'`, ro.ID).Scan(&c)
+			// The rollout's healthy_devices counter moves in the transaction that completes its rows
+			// (a statement trigger), so it is the committed count of completed rows, read in O(1):
+			// counting the rows themselves every 20 ms cost PostgreSQL a fifth of a core here.
+			err := r.db.Pool.QueryRow(ctx, `SELECT healthy_devices FROM image_rollouts WHERE rollout_id = $1`, ro.ID).Scan(&c)
 			samples = append(samples, sample{time.Now(), c})
 			return c >= n, err
 		})
