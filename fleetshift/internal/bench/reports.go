@@ -57,7 +57,7 @@ func publishReports(ctx context.Context, js jetstream.JetStream, subject func(in
 func (r *Runner) reportIngest(ctx context.Context) Row {
 	n := r.o.Sizes.Reports
 	row := Row{Name: "report_ingest", Unit: "reports/s", Goal: ">= 20,000 reports/s, report -> status p99 < 1 s",
-		Note: fmt.Sprintf("an auto (single-batch) rollout of %s devices is dispatched (untimed); then each device's report of the new image running and healthy is published to fleet.device.<uuid>.state (JetStream async publish from the harness) -> its device_rollout_status row committed as completed (counted every 20 ms; the latency of the k-th committed report is taken against the k-th publish); baseline raw JetStream async publish of the same messages to a REPORTS-like stream and a pull consumer acking each.", FormatValue(float64(n), ""))}
+		Note: fmt.Sprintf("an auto (single-batch) rollout of %s devices is dispatched (untimed); then each device's report of the new image running and healthy is published to fleet.device.<uuid>.state (JetStream async publish from the harness) -> its device_rollout_status row committed as completed (the rollout's healthy_devices counter, which moves in the same transaction, read every 20 ms; the latency of the k-th committed report is taken against the k-th publish); baseline raw JetStream async publish of the same messages to a REPORTS-like stream and a pull consumer acking each.", FormatValue(float64(n), ""))}
 	row = r.reportIngestOn(ctx, row, n, n, true)
 	if row.Err == nil {
 		row.Pass = row.Value >= 20_000 && r.reportP99 < 1
