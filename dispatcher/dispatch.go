@@ -32,6 +32,10 @@ type Result struct {
 	Notified int
 
 	written []target.Current // the targets this handling wrote, notified without reading them back
+	// rate: a rate rollout's chunk, whose handling notifies only the devices it moved (moved); the rest
+	// of the batch was notified by earlier chunks (and healthwatch re-sends targets left unanswered).
+	rate  bool
+	moved []string
 }
 
 // Dispatch handles cmd as the consumer does, without the message: it dispatches batch cmd.Batch of
@@ -45,6 +49,8 @@ func (s *Service) Dispatch(ctx context.Context, cmd streams.DispatchV1) (Result,
 // rollout is what a dispatch needs of the rollout row.
 type rollout struct {
 	status         string
+	strategy       string
+	rateDispatched int
 	repository     string
 	newImage       string
 	newTag         string
@@ -91,7 +97,12 @@ func (s *Service) dispatch(ctx context.Context, cmd streams.DispatchV1, progress
 		return res, nil
 	}
 	progress()
-	n, err := s.notify(ctx, cmd, res.written)
+	var n int
+	if res.rate {
+		n, err = s.notifyMoved(ctx, res.moved, res.written)
+	} else {
+		n, err = s.notify(ctx, cmd, res.written)
+	}
 	if err != nil {
 		return res, fmt.Errorf("notify rollout %s batch %d: %w", cmd.RolloutID, cmd.Batch, err)
 	}
@@ -112,13 +123,15 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	var r rollout
 	var livePolicy, snapshot []byte
 	err = tx.QueryRow(ctx, `
-		SELECT r.status, r.repository, r.new_image, r.new_tag, r.current_batch, r.total_batches,
+		SELECT r.status, r.strategy, r.rate_dispatched, r.repository, r.new_image, r.new_tag, r.current_batch,
+		       r.total_batches,
 		       r.current_batch = 0, -- never dispatched: the planner sets started_at, so it cannot tell
 		       to_jsonb(p), r.policy
 		FROM image_rollouts r LEFT JOIN image_update_policies p ON p.id = r.policy_id
 		WHERE r.rollout_id = $1
 		FOR UPDATE OF r`, cmd.RolloutID).
-		Scan(&r.status, &r.repository, &r.newImage, &r.newTag, &r.currentBatch, &r.totalBatches, &r.notStarted, &livePolicy, &snapshot)
+		Scan(&r.status, &r.strategy, &r.rateDispatched, &r.repository, &r.newImage, &r.newTag, &r.currentBatch,
+			&r.totalBatches, &r.notStarted, &livePolicy, &snapshot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return res, nil
 	}
@@ -142,6 +155,18 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		}
 		return res, err
 	}
+	limit := win.limitArg()
+	// A rate rollout is dispatched only by its rate timer's chunks, each up to a total (rate_dispatched)
+	// so that handling one twice dispatches nothing twice. Any other request (a join, a resume) leaves
+	// its pending devices to the next chunk.
+	res.rate = r.strategy == policies.Rate
+	if res.rate {
+		want := cmd.UpTo - r.rateDispatched
+		if cmd.UpTo <= 0 || want <= 0 {
+			return res, nil
+		}
+		limit = want
+	}
 
 	// The pending devices of the batch, target rows locked (in a stable order, so concurrent dispatches
 	// of rollouts sharing devices cannot deadlock) until commit, grouped by their current document:
@@ -156,7 +181,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 			LIMIT $3
 			FOR UPDATE OF t)
 		SELECT apps, array_agg(device_uuid), array_agg(version), max(device_uuid)
-		FROM c GROUP BY apps`, cmd.RolloutID, cmd.Batch, win.limitArg())
+		FROM c GROUP BY apps`, cmd.RolloutID, cmd.Batch, limit)
 	if err != nil {
 		return res, fmt.Errorf("read pending devices: %w", err)
 	}
@@ -200,6 +225,9 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		devEvs = scheduledEvents(cmd, r.newImage, moved)
 	}
 	res.Scheduled = len(schedUUIDs)
+	if res.rate {
+		res.moved = schedUUIDs
+	}
 
 	// Skipped: the candidates whose target no longer runs the repository, and pending devices of the
 	// batch that have no target state at all.
@@ -217,7 +245,7 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 		return res, fmt.Errorf("skip devices: %w", err)
 	}
 	res.Skipped = int(tag.RowsAffected())
-	if win.limit > 0 && plan.candidates == win.limit {
+	if !res.rate && win.limit > 0 && plan.candidates == win.limit {
 		if err := continueChunk(ctx, tx, s.subj, cmd, plan.last); err != nil {
 			return res, err
 		}
@@ -228,12 +256,17 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 	if !advanced && !r.notStarted && !changed {
 		return res, nil // a redelivery: nothing to write
 	}
+	rateMoved := 0
+	if res.rate {
+		rateMoved = res.Scheduled + res.Skipped
+	}
 	if _, err := tx.Exec(ctx, `
 		UPDATE image_rollouts SET
 			current_batch = GREATEST(current_batch, $2),
+			rate_dispatched = rate_dispatched + $3,
 			started_at = COALESCE(started_at, now()),
 			updated_at = now()
-		WHERE rollout_id = $1`, cmd.RolloutID, cmd.Batch); err != nil {
+		WHERE rollout_id = $1`, cmd.RolloutID, cmd.Batch, rateMoved); err != nil {
 		return res, fmt.Errorf("advance rollout: %w", err)
 	}
 
@@ -245,7 +278,8 @@ func (s *Service) schedule(ctx context.Context, cmd streams.DispatchV1) (Result,
 			Data:    map[string]any{"batch": cmd.Batch, "total_batches": r.totalBatches, "new_image": r.newImage},
 		})
 	}
-	if advanced || changed {
+	// A rate rollout's batch starts with its first chunk; later chunks record only their devices.
+	if advanced || (changed && !res.rate) {
 		evs = append(evs, events.Event{
 			Type: streams.EventBatchStarted, RolloutID: cmd.RolloutID,
 			Message: fmt.Sprintf("batch %d started: %d devices scheduled, %d skipped", cmd.Batch, res.Scheduled, res.Skipped),
@@ -382,6 +416,36 @@ func rewriteOne(raw []byte, repository, image string, set map[string]any) (outco
 		}
 	}
 	return outcomeSkip, nil, nil
+}
+
+// notifyMoved sends the devices a rate chunk moved (moved) their target: those it wrote as written, the
+// others (already on the new image) as read from the database. It returns how many it notified.
+func (s *Service) notifyMoved(ctx context.Context, moved []string, written []target.Current) (int, error) {
+	if len(moved) == 0 {
+		return 0, nil
+	}
+	known := make(map[string]struct{}, len(written))
+	for _, w := range written {
+		known[w.DeviceUUID] = struct{}{}
+	}
+	var rest []string
+	for _, u := range moved {
+		if _, ok := known[u]; !ok {
+			rest = append(rest, u)
+		}
+	}
+	cur := written
+	if len(rest) > 0 {
+		more, err := target.Load(ctx, s.pool, rest)
+		if err != nil {
+			return 0, err
+		}
+		cur = append(slices.Clone(written), more...)
+	}
+	if err := target.Publish(ctx, s.js, s.subj, cur); err != nil {
+		return 0, err
+	}
+	return len(cur), nil
 }
 
 // notify sends every device of the batch that is scheduled or further along its current target state

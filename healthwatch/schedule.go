@@ -107,7 +107,9 @@ func (s *Service) openWindows(ctx context.Context) (int, error) {
 //     that are not in progress);
 //   - else batch 1 of a rollout never dispatched.
 //
-// Otherwise nothing: healthwatch's sweep settles a finished batch (next batch, or completion). The
+// Otherwise nothing: healthwatch's sweep settles a finished batch (next batch, or completion). A rate
+// rollout is never asked for here: its rate timer (paceRates) dispatches its next chunk, at once when
+// next_batch_at is unset (pause and resume unset it). The
 // command (command.Resume) is told apart by the time of this request, so JetStream never drops it as a
 // duplicate of an earlier one; the dispatcher handles a batch once however often it is asked.
 func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutID string) (int, error) {
@@ -116,6 +118,7 @@ func RequestDispatch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, roll
 	err := tx.QueryRow(ctx, `
 		WITH x AS (
 			SELECT r.rollout_id, CASE
+				WHEN r.strategy = '`+policies.Rate+`' THEN 0
 				WHEN r.current_batch >= 1 AND EXISTS (SELECT 1 FROM device_rollout_status d
 					WHERE d.rollout_id = r.rollout_id AND d.batch_number = r.current_batch AND d.status = `+lifecycle.SQL(lifecycle.DevicePending)+`)
 					THEN r.current_batch

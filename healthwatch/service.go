@@ -435,8 +435,8 @@ func (s *Service) runTimers(ctx context.Context) {
 	}
 }
 
-// timersOnce runs every timer once: health timeouts, the sweep, due batches, lost dispatches,
-// maintenance windows of scheduled rollouts. It stops at the first step that finds the database
+// timersOnce runs every timer once: health timeouts, the sweep, due batches, the chunks of rate
+// rollouts, lost dispatches, maintenance windows of scheduled rollouts. It stops at the first step that finds the database
 // unreachable and returns true then.
 func (s *Service) timersOnce(ctx context.Context) (unreachable bool) {
 	steps := []struct {
@@ -448,6 +448,7 @@ func (s *Service) timersOnce(ctx context.Context) (unreachable bool) {
 		{"health timeouts", s.failTimedOut},
 		{"rollout sweep", s.sweep},
 		{"due batches", s.startDueBatches},
+		{"rate rollouts", s.paceRates},
 		{"lost dispatches", s.retryLostDispatches},
 		{"unnotified devices", s.renotifyUnstarted},
 		{"maintenance windows", s.openWindows},

@@ -14,6 +14,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -21,7 +22,8 @@ import (
 const claimLimit = 100
 
 // startDueBatches claims in-progress rollouts whose next_batch_at has passed (FOR UPDATE SKIP LOCKED,
-// so replicas share them), clears the timer, records the batch as requested and writes the
+// so replicas share them; rate rollouts, whose next_batch_at is their rate timer, are paceRates'), clears
+// the timer, records the batch as requested and writes the
 // dispatch request for batch current_batch+1 (command.Next), all in one transaction: the command is
 // written exactly once, whatever restarts. It returns how many batches it requested.
 func (s *Service) startDueBatches(ctx context.Context) (int, error) {
@@ -34,6 +36,7 @@ func (s *Service) startDueBatches(ctx context.Context) (int, error) {
 		WITH due AS (
 			SELECT rollout_id FROM image_rollouts
 			WHERE next_batch_at <= now() AND status = `+lifecycle.SQL(lifecycle.InProgress)+`
+			  AND strategy <> '`+policies.Rate+`'
 			ORDER BY next_batch_at LIMIT $1
 			FOR UPDATE SKIP LOCKED
 		)

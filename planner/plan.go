@@ -15,6 +15,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/imageref"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
 	"github.com/fleetshift/fleetshift/shared/match"
+	policies "github.com/fleetshift/fleetshift/shared/policy"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -287,6 +288,35 @@ type PreviewResult struct {
 	TotalDevices int            `json:"total_devices"`
 	Batches      []PreviewBatch `json:"batches"`
 	Excluded     []Exclusion    `json:"excluded"`
+	// Rate is how a rate rollout would be paced (strategy rate only).
+	Rate *PreviewRate `json:"rate,omitempty"`
+}
+
+// PreviewRate is the pacing of a rate rollout in a preview: the policy's rate fields with their
+// defaults filled, the first chunk at the base rate, and the least time dispatching every device takes.
+type PreviewRate struct {
+	BasePerMinute     int     `json:"base_per_minute"`
+	MaximumPerMinute  int     `json:"maximum_per_minute"`
+	IncrementFactor   float64 `json:"increment_factor"`
+	IncreaseCriteria  string  `json:"increase_criteria"`
+	IncreaseThreshold int     `json:"increase_threshold"`
+	// ChunkSize devices are dispatched every IntervalSeconds at the base rate (policy.RatePace).
+	ChunkSize       int     `json:"chunk_size"`
+	IntervalSeconds float64 `json:"interval_seconds"`
+	// MinDispatchSeconds is policy.RateDispatchTime of the affected devices: from the first chunk to
+	// the last, with every raise as early as possible.
+	MinDispatchSeconds float64 `json:"min_dispatch_seconds"`
+}
+
+// previewRate renders the pacing of a rate policy over n devices; nil for other strategies.
+func previewRate(pol *Policy, n int) *PreviewRate {
+	if pol == nil || pol.UpdateStrategy != StrategyRate {
+		return nil
+	}
+	chunk, every := policies.RatePace(pol.RateBase())
+	return &PreviewRate{BasePerMinute: pol.RateBase(), MaximumPerMinute: pol.RateMax(), IncrementFactor: pol.RateFactor(),
+		IncreaseCriteria: pol.RateCriterion(), IncreaseThreshold: pol.RateThreshold(), ChunkSize: chunk,
+		IntervalSeconds: every.Seconds(), MinDispatchSeconds: pol.RateDispatchTime(n).Seconds()}
 }
 
 // PreviewBatch is one batch of a preview.
@@ -339,6 +369,7 @@ func (p *RolloutPlan) Preview() *PreviewResult {
 	if p.Policy != nil {
 		out.Strategy = p.Policy.UpdateStrategy
 		out.Status = initialStatus(p)
+		out.Rate = previewRate(p.Policy, len(p.Devices))
 	}
 	i := 0
 	for b, size := range p.BatchSizes {

@@ -20,6 +20,7 @@ const (
 	StrategyStaged    = policies.Staged
 	StrategyManual    = policies.Manual
 	StrategyScheduled = policies.Scheduled
+	StrategyRate      = policies.Rate
 )
 
 // candidate is an enabled policy whose pattern compiled.

@@ -287,12 +287,13 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 	if _, err := tx.Exec(ctx, `
 		INSERT INTO image_rollouts (rollout_id, policy_id, push_event_id, image_name, repository, old_tag, new_tag,
 			new_digest, new_image, strategy, status, current_batch, total_batches, batch_sizes, total_devices,
-			policy, registry, started_at, completed_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15, $16,
+			policy, registry, rate_per_minute, started_at, completed_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15, $16, $17,
 			CASE WHEN $11 IN (`+lifecycle.SQL(lifecycle.InProgress, lifecycle.Completed)+`) THEN now() END,
 			CASE WHEN $11 = `+lifecycle.SQL(lifecycle.Completed)+` THEN now() END)`,
 		id, pol.ID, push.EventID, push.ImageName, push.Repository, oldTag, push.Tag, push.Digest, plan.NewImage,
-		pol.UpdateStrategy, status, len(batchSizes), batchSizes, len(plan.Devices), snapshot, nullable(push.Registry)); err != nil {
+		pol.UpdateStrategy, status, len(batchSizes), batchSizes, len(plan.Devices), snapshot, nullable(push.Registry),
+		ratePerMinute(pol)); err != nil {
 		return Result{}, fmt.Errorf("insert rollout of %s: %w", plan.NewImage, err)
 	}
 
@@ -330,7 +331,8 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 		}
 	}
 
-	if status == StatusInProgress {
+	// A rate rollout's chunks come from healthwatch's rate timer, due at once (next_batch_at unset).
+	if status == StatusInProgress && pol.UpdateStrategy != StrategyRate {
 		if err := command.Request(ctx, tx, s.subj, command.Dispatch{RolloutID: id, Batch: 1, Purpose: command.First}); err != nil {
 			return Result{}, fmt.Errorf("queue dispatch of rollout %s: %w", id, err)
 		}
@@ -344,11 +346,15 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 			Message: fmt.Sprintf("superseded by rollout %s (%s)", id, plan.NewImage),
 			Data:    map[string]any{"superseded_by": id, "new_image": plan.NewImage}})
 	}
+	created := map[string]any{"policy_id": pol.ID, "strategy": pol.UpdateStrategy, "status": status,
+		"total_devices": len(plan.Devices), "batch_sizes": batchSizes, "new_image": plan.NewImage,
+		"old_tag": oldTag, "superseded": superseded, "excluded": len(plan.Excluded)}
+	if pol.UpdateStrategy == StrategyRate {
+		created["rate_per_minute"] = pol.RateBase()
+	}
 	evs = append(evs, events.Event{Type: streams.EventRolloutCreated, RolloutID: id,
 		Message: fmt.Sprintf("rollout of %s to %d devices (%s, policy %d)", plan.NewImage, len(plan.Devices), pol.UpdateStrategy, pol.ID),
-		Data: map[string]any{"policy_id": pol.ID, "strategy": pol.UpdateStrategy, "status": status,
-			"total_devices": len(plan.Devices), "batch_sizes": batchSizes, "new_image": plan.NewImage,
-			"old_tag": oldTag, "superseded": superseded, "excluded": len(plan.Excluded)}})
+		Data:    created})
 	if status == StatusCompleted {
 		evs = append(evs, events.Event{Type: streams.EventRolloutCompleted, RolloutID: id,
 			Message: "no device needs " + plan.NewImage})
@@ -360,6 +366,14 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 		return Result{}, err
 	}
 	return Result{Outcome: OutcomePlanned, RolloutID: id, Status: status, Devices: len(plan.Devices), Superseded: superseded}, nil
+}
+
+// ratePerMinute is the starting rate of a rate rollout (its base rate), nil for other strategies.
+func ratePerMinute(pol *Policy) any {
+	if pol.UpdateStrategy != StrategyRate {
+		return nil
+	}
+	return pol.RateBase()
 }
 
 func nullable(s string) any {

@@ -47,12 +47,15 @@ func TestStatusByStrategy(t *testing.T) {
 	var devs []device
 	for i := range 20 {
 		devs = append(devs, device{uuid: fmt.Sprintf("d%02d", i), images: []string{
-			"acme/auto:1.0", "acme/staged:1.0", "acme/manual:1.0", "acme/scheduled:1.0"}})
+			"acme/auto:1.0", "acme/staged:1.0", "acme/manual:1.0", "acme/scheduled:1.0", "acme/rate:1.0"}})
 	}
 	seed(t, db, devs...)
 	for _, s := range []string{"auto", "staged", "manual", "scheduled"} {
 		policy(t, db, map[string]string{"image_pattern": "'acme/" + s + "'", "update_strategy": "'" + s + "'"})
 	}
+	policy(t, db, map[string]string{"image_pattern": "'acme/rate'", "update_strategy": "'rate'", "rate_base_per_minute": "30",
+		"rate_increment_factor": "2", "rate_increase_criteria": "'succeeded'", "rate_increase_threshold": "30",
+		"rate_maximum_per_minute": "300"})
 	cases := []struct {
 		strategy, status string
 		batches          []int
@@ -62,6 +65,8 @@ func TestStatusByStrategy(t *testing.T) {
 		{"staged", StatusInProgress, []int{2, 8, 10}, true},
 		{"manual", StatusPending, []int{2, 8, 10}, false},
 		{"scheduled", StatusScheduled, []int{2, 8, 10}, false},
+		// A rate rollout is one batch; its chunks come from healthwatch's rate timer, not a first command.
+		{"rate", StatusInProgress, []int{20}, false},
 	}
 	svc := newService(db)
 	for _, c := range cases {
@@ -101,9 +106,20 @@ func TestStatusByStrategy(t *testing.T) {
 		if got := eventTypes(t, db, res.RolloutID); !slices.Equal(got, []string{streams.EventWebhookReceived, streams.EventRolloutCreated}) {
 			t.Errorf("%s: events %v", c.strategy, got)
 		}
+		var rate *int
+		if err := db.Pool.QueryRow(ctx, `SELECT rate_per_minute FROM image_rollouts WHERE rollout_id = $1`, res.RolloutID).Scan(&rate); err != nil {
+			t.Fatal(err)
+		}
+		if (c.strategy == "rate") != (rate != nil) || (rate != nil && *rate != 30) {
+			t.Errorf("%s: rate_per_minute %v", c.strategy, rate)
+		}
+		if c.strategy == "rate" && count(t, db, `SELECT count(*) FROM outbox WHERE subject = $1`,
+			streams.New("").Command(streams.CommandDispatch, res.RolloutID)) != 0 {
+			t.Errorf("rate: a dispatch command at creation")
+		}
 	}
 	// Each event also sits in the outbox, on its subject.
-	if n := count(t, db, `SELECT count(*) FROM outbox WHERE subject LIKE 'fleet.events.image.rollout_created.%'`); n != 4 {
+	if n := count(t, db, `SELECT count(*) FROM outbox WHERE subject LIKE 'fleet.events.image.rollout_created.%'`); n != 5 {
 		t.Errorf("%d rollout_created events in the outbox", n)
 	}
 }

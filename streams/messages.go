@@ -48,6 +48,10 @@ const (
 type DispatchV1 struct {
 	RolloutID string `json:"rollout_id"`
 	Batch     int    `json:"batch"`
+	// UpTo, for a rate rollout (healthwatch's rate timer), caps the dispatch: pending devices of the batch
+	// are dispatched until the rollout's rate_dispatched reaches UpTo, so handling the command again
+	// dispatches nothing more. A rate rollout dispatches nothing for a command without it. 0: no cap.
+	UpTo int `json:"up_to,omitempty"`
 }
 
 // EventV1 is a rollout event, published on Subjects.Event and stored as a rollout_events row.

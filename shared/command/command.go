@@ -40,6 +40,9 @@ const (
 	Continue Purpose = "continue"
 	// Join: a device joined the batch in progress (dynamic inclusion); the discriminator is the device.
 	Join Purpose = "join"
+	// Rate: the next chunk of a rate rollout (healthwatch's rate timer), with UpTo set; the
+	// discriminator is UpTo and the time the chunk was due.
+	Rate Purpose = "rate"
 )
 
 // Dispatch is one request for a batch.
@@ -48,8 +51,10 @@ type Dispatch struct {
 	Batch     int
 	Purpose   Purpose
 	// Discriminator tells apart requests of the same batch and purpose that must all reach the
-	// dispatcher (required for Retry, Resume and Continue; empty for First and Next).
+	// dispatcher (required for Retry, Resume, Continue and Rate; empty for First and Next).
 	Discriminator string
+	// UpTo caps a rate rollout's dispatch (streams.DispatchV1.UpTo): required for Rate, 0 otherwise.
+	UpTo int
 }
 
 // MsgID is the request's Nats-Msg-Id: dispatch-<rollout>-<batch>-<purpose>[-<discriminator>].
@@ -67,8 +72,12 @@ func (d Dispatch) Message(subj streams.Subjects) (outbox.Message, error) {
 		return outbox.Message{}, fmt.Errorf("request dispatch %q batch %d (%s): rollout, batch >= 1 and purpose are required",
 			d.RolloutID, d.Batch, d.Purpose)
 	}
+	if (d.Purpose == Rate) != (d.UpTo > 0) || d.UpTo < 0 {
+		return outbox.Message{}, fmt.Errorf("request dispatch %q batch %d (%s): up to %d: a rate chunk needs up to >= 1, nothing else takes one",
+			d.RolloutID, d.Batch, d.Purpose, d.UpTo)
+	}
 	return outbox.JSON(d.MsgID(), subj.Command(streams.CommandDispatch, d.RolloutID),
-		streams.DispatchV1{RolloutID: d.RolloutID, Batch: d.Batch})
+		streams.DispatchV1{RolloutID: d.RolloutID, Batch: d.Batch, UpTo: d.UpTo})
 }
 
 // Request writes the dispatch requests in tx (outbox): they are published once tx commits, never if it

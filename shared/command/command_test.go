@@ -46,7 +46,23 @@ func TestMsgIDIsDeterministic(t *testing.T) {
 		}
 		seen[d.MsgID()] = true
 	}
-	for _, bad := range []command.Dispatch{{Batch: 1, Purpose: command.First}, {RolloutID: "r", Purpose: command.First}, {RolloutID: "r", Batch: 1}} {
+	// A rate chunk carries its total (up_to) and is told apart by its discriminator.
+	rate := command.Dispatch{RolloutID: base.RolloutID, Batch: 1, Purpose: command.Rate, Discriminator: "7-1700000000000", UpTo: 7}
+	m3, err := rate.Message(subj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(m3.Payload, &body); err != nil || body.UpTo != 7 || body.Batch != 1 {
+		t.Fatalf("rate payload %s: %v", m3.Payload, err)
+	}
+	if m3.ID != "dispatch-"+base.RolloutID+"-1-rate-7-1700000000000" || seen[m3.ID] {
+		t.Fatalf("rate id %q", m3.ID)
+	}
+	if _, err := base.Message(subj); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []command.Dispatch{{Batch: 1, Purpose: command.First}, {RolloutID: "r", Purpose: command.First}, {RolloutID: "r", Batch: 1},
+		{RolloutID: "r", Batch: 1, Purpose: command.Rate, Discriminator: "x"}, {RolloutID: "r", Batch: 1, Purpose: command.Next, UpTo: 3}} {
 		if _, err := bad.Message(subj); err == nil {
 			t.Fatalf("%+v accepted", bad)
 		}

@@ -27,10 +27,31 @@ const (
 	Staged    = "staged"    // batches by cumulative percentages, health-gated
 	Manual    = "manual"    // staged, but waits for an operator's start
 	Scheduled = "scheduled" // staged, only inside the maintenance window
+	Rate      = "rate"      // one batch dispatched at a rate that ramps up, health-gated
 )
 
 // Strategies lists the update strategies.
-var Strategies = []string{Auto, Staged, Manual, Scheduled}
+var Strategies = []string{Auto, Staged, Manual, Scheduled, Rate}
+
+// What counts towards raising a rate rollout's rate (rate_increase_criteria).
+const (
+	RateNotified  = "notified"  // devices dispatched (their target names the new image)
+	RateSucceeded = "succeeded" // devices completed: the new image runs (healthy, with health checks on)
+)
+
+// RateCriteria are the values of rate_increase_criteria.
+func RateCriteria() []string { return []string{RateNotified, RateSucceeded} }
+
+// Defaults and limits of the rate fields (update_strategy rate only; NULL on every other strategy).
+// rate_increase_threshold defaults to the base rate, rate_maximum_per_minute to DefaultRateMaximumTimes
+// the base rate (at most MaxRatePerMinute).
+const (
+	DefaultRateIncrementFactor  = 2.0
+	DefaultRateIncreaseCriteria = RateSucceeded
+	DefaultRateMaximumTimes     = 10
+	MaxRatePerMinute            = 1_000_000
+	MaxRateIncrementFactor      = 5.0
+)
 
 // Tag policies (tag_policy).
 const (
@@ -128,6 +149,15 @@ type Policy struct {
 	// MaxRetries is how often a failed device is re-dispatched automatically before it counts as
 	// failed (0: never).
 	MaxRetries int32 `json:"max_retries"`
+	// The rate fields: set (defaults filled) for update_strategy rate, nil for every other strategy.
+	// RateBasePerMinute is the starting rate in devices a minute; each time RateIncreaseThreshold more
+	// devices met RateIncreaseCriteria the rate is multiplied by RateIncrementFactor, up to
+	// RateMaximumPerMinute (RaiseRate, RatePace).
+	RateBasePerMinute     *int32   `json:"rate_base_per_minute"`
+	RateIncrementFactor   *float64 `json:"rate_increment_factor"`
+	RateIncreaseCriteria  *string  `json:"rate_increase_criteria"`
+	RateIncreaseThreshold *int32   `json:"rate_increase_threshold"`
+	RateMaximumPerMinute  *int32   `json:"rate_maximum_per_minute"`
 }
 
 // Defaults returns a policy with every default set and no pattern.
@@ -237,10 +267,10 @@ func (p Policy) Percentages() []int {
 	return Percentages(int(p.StagedBatches), ints(p.BatchPercentages))
 }
 
-// BatchSizes returns the batch sizes this policy gives n affected devices: one batch for auto, the
-// staged split (Batches of Percentages) for every other strategy.
+// BatchSizes returns the batch sizes this policy gives n affected devices: one batch for auto and rate,
+// the staged split (Batches of Percentages) for every other strategy.
 func (p Policy) BatchSizes(n int) []int {
-	if p.UpdateStrategy == Auto {
+	if p.UpdateStrategy == Auto || p.UpdateStrategy == Rate {
 		return Batches(n, []int{100})
 	}
 	return Batches(n, p.Percentages())
@@ -308,11 +338,12 @@ const Columns = `image_pattern, update_strategy, staged_batches, batch_percentag
 	batch_delay_seconds, health_check_enabled, health_check_timeout_seconds, health_check_config,
 	auto_rollback_enabled, max_failure_rate, min_sample_size, maintenance_window_start, maintenance_window_end,
 	timezone, fleet_id, device_tags, device_uuids, priority, enabled, description, tag_policy, semver_range,
-	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion, max_retries`
+	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, rate_base_per_minute,
+	rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute`
 
 // Placeholders are the VALUES of Columns for an INSERT or UPDATE whose first argument is Args()[0].
 const Placeholders = `$1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13::time, $14::time, $15, $16,
-	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28`
+	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33`
 
 // Args returns the values of Columns.
 func (p Policy) Args() []any {
@@ -324,7 +355,8 @@ func (p Policy) Args() []any {
 		p.BatchDelaySeconds, p.HealthCheckEnabled, p.HealthCheckTimeoutSeconds, cfg,
 		p.AutoRollbackEnabled, p.MaxFailureRate, p.MinSampleSize, p.MaintenanceWindowStart, p.MaintenanceWindowEnd,
 		p.Timezone, p.FleetID, p.DeviceTags, p.DeviceUUIDs, p.Priority, p.Enabled, p.Description, p.TagPolicy,
-		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion, p.MaxRetries}
+		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion, p.MaxRetries,
+		p.RateBasePerMinute, p.RateIncrementFactor, p.RateIncreaseCriteria, p.RateIncreaseThreshold, p.RateMaximumPerMinute}
 }
 
 // Querier runs a query returning one row; *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
@@ -344,14 +376,16 @@ func Load(ctx context.Context, q Querier, id int64) (*Policy, error) {
 			health_check_config, auto_rollback_enabled, max_failure_rate, min_sample_size,
 			maintenance_window_start::text, maintenance_window_end::text, timezone, fleet_id, device_tags,
 			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval,
-			offline_grace_seconds, offline_action, dynamic_inclusion, max_retries
+			offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, rate_base_per_minute,
+			rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute
 		FROM image_update_policies WHERE id = $1`, id).Scan(
 		&p.ID, &p.ImagePattern, &p.UpdateStrategy, &p.StagedBatches, &p.BatchPercentages,
 		&p.BatchDelayMinutes, &p.BatchDelaySeconds, &p.HealthCheckEnabled, &p.HealthCheckTimeoutSeconds,
 		&cfg, &p.AutoRollbackEnabled, &p.MaxFailureRate, &p.MinSampleSize,
 		&p.MaintenanceWindowStart, &p.MaintenanceWindowEnd, &p.Timezone, &p.FleetID, &p.DeviceTags,
 		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval,
-		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion, &p.MaxRetries)
+		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion, &p.MaxRetries, &p.RateBasePerMinute,
+		&p.RateIncrementFactor, &p.RateIncreaseCriteria, &p.RateIncreaseThreshold, &p.RateMaximumPerMinute)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load policy %d: %w", id, ErrNotFound)
 	}

@@ -55,6 +55,23 @@ func TestValidateNamesFieldAndShape(t *testing.T) {
 		{`{"image_pattern":"acme/app:*","tag_policy":"regex"}`, "tag_policy", `expected "glob" or "semver"`},
 		{`{"image_pattern":"acme/app:*","semver_range":">=1.0"}`, "semver_range", `needs tag_policy "semver"`},
 		{`{"image_pattern":"acme/app:*","colour":"blue"}`, "colour", "unknown field"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate"}`, "rate_base_per_minute", "required for update_strategy \"rate\""},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":0}`, "rate_base_per_minute", "expected an integer from 1 to 1000000"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":1000001}`, "rate_base_per_minute", "expected an integer from 1 to 1000000"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":3000000000}`, "rate_base_per_minute", "integer from -2147483648 to 2147483647"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increment_factor":1}`, "rate_increment_factor", "above 1 and at most 5"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increment_factor":5.5}`, "rate_increment_factor", "above 1 and at most 5"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increment_factor":"2"}`, "rate_increment_factor", "expected number"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increase_criteria":"healthy"}`, "rate_increase_criteria", `expected "notified" or "succeeded"`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increase_threshold":0}`, "rate_increase_threshold", "expected an integer from 1 to 2147483647"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_increase_threshold":2147483648}`, "rate_increase_threshold", "integer from -2147483648 to 2147483647"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_maximum_per_minute":5}`, "rate_maximum_per_minute", "from rate_base_per_minute (6) to 1000000"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"rate","rate_base_per_minute":6,"rate_maximum_per_minute":1000001}`, "rate_maximum_per_minute", "from rate_base_per_minute (6) to 1000000"},
+		{`{"image_pattern":"acme/app:*","update_strategy":"staged","rate_base_per_minute":6}`, "rate_base_per_minute", `only applies to update_strategy "rate"`},
+		{`{"image_pattern":"acme/app:*","rate_increment_factor":2}`, "rate_increment_factor", `only applies to update_strategy "rate"`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"manual","rate_increase_criteria":"notified"}`, "rate_increase_criteria", `only applies to update_strategy "rate"`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"scheduled","maintenance_window_start":"22:00","maintenance_window_end":"02:00","rate_increase_threshold":3}`, "rate_increase_threshold", `only applies`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"auto","rate_maximum_per_minute":60}`, "rate_maximum_per_minute", `only applies`},
 	}
 	for _, c := range cases {
 		_, err := policy.Decode([]byte(c.body))
@@ -139,6 +156,39 @@ func TestDefaultsMatchSchema(t *testing.T) {
 	_ = json.Unmarshal(jb, &b)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatalf("written %s\nread back %s", ja, jb)
+	}
+	// A rate policy, with its defaults filled, reads back unchanged too.
+	rate, err := policy.Decode([]byte(`{"image_pattern":"acme/rate:*","update_strategy":"rate","rate_base_per_minute":6,
+		"rate_increment_factor":1.5,"rate_increase_criteria":"notified"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Pool.QueryRow(ctx, `INSERT INTO image_update_policies (`+policy.Columns+`) VALUES (`+policy.Placeholders+`)
+		RETURNING id`, rate.Args()...).Scan(&rate.ID); err != nil {
+		t.Fatal(err)
+	}
+	rateBack, err := policy.Load(ctx, db.Pool, rate.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ja, _ = json.Marshal(rate)
+	jb, _ = json.Marshal(rateBack)
+	if string(ja) != string(jb) || *rateBack.RateIncreaseThreshold != 6 || *rateBack.RateMaximumPerMinute != 60 {
+		t.Fatalf("rate policy written %s\nread back %s", ja, jb)
+	}
+	// The schema refuses what validation refuses: rate fields on another strategy, a rate policy
+	// without its fields, a maximum below the base.
+	for _, bad := range []string{
+		`INSERT INTO image_update_policies (image_pattern, rate_base_per_minute) VALUES ('x', 5)`,
+		`INSERT INTO image_update_policies (image_pattern, update_strategy) VALUES ('x', 'rate')`,
+		`INSERT INTO image_update_policies (image_pattern, update_strategy, rate_base_per_minute, rate_increment_factor,
+			rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute) VALUES ('x', 'rate', 10, 2, 'notified', 10, 9)`,
+		`INSERT INTO image_update_policies (image_pattern, update_strategy, rate_base_per_minute, rate_increment_factor,
+			rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute) VALUES ('x', 'rate', 10, 2, 'notified', 10, NULL)`,
+	} {
+		if _, err := db.Pool.Exec(ctx, bad); err == nil {
+			t.Fatalf("the schema accepted %s", bad)
+		}
 	}
 	if _, err := policy.Load(ctx, db.Pool, in.ID+1000); !errors.Is(err, policy.ErrNotFound) {
 		t.Fatalf("missing policy: %v", err)

@@ -46,6 +46,11 @@ type Input struct {
 	OfflineAction             *string         `json:"offline_action"`
 	DynamicInclusion          *bool           `json:"dynamic_inclusion"`
 	MaxRetries                *int32          `json:"max_retries"`
+	RateBasePerMinute         *int32          `json:"rate_base_per_minute"`
+	RateIncrementFactor       *float64        `json:"rate_increment_factor"`
+	RateIncreaseCriteria      *string         `json:"rate_increase_criteria"`
+	RateIncreaseThreshold     *int32          `json:"rate_increase_threshold"`
+	RateMaximumPerMinute      *int32          `json:"rate_maximum_per_minute"`
 
 	ID        json.RawMessage `json:"id"`
 	CreatedAt json.RawMessage `json:"created_at"`
@@ -113,7 +118,7 @@ func (in Input) Validate() (Policy, error) {
 	}
 	p.UpdateStrategy = orDefault(in.UpdateStrategy, DefaultStrategy)
 	switch p.UpdateStrategy {
-	case Auto, Staged, Manual, Scheduled:
+	case Auto, Staged, Manual, Scheduled, Rate:
 	default:
 		return p, apierr.Invalid("update_strategy", "expected one of %s, got %q", strings.Join(Strategies, ", "), p.UpdateStrategy)
 	}
@@ -262,7 +267,57 @@ func (in Input) Validate() (Policy, error) {
 	if err := intIn("max_retries", p.MaxRetries, 0, MaxMaxRetries); err != nil {
 		return p, err
 	}
+	if err := in.validateRate(&p); err != nil {
+		return p, err
+	}
 	return p, nil
+}
+
+// validateRate checks the rate fields and fills their defaults: they belong to update_strategy rate
+// (refused, by name, on any other strategy; null counts as absent, so a GET body can be PUT back), where
+// rate_base_per_minute is required.
+func (in Input) validateRate(p *Policy) error {
+	if p.UpdateStrategy != Rate {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{
+			{"rate_base_per_minute", in.RateBasePerMinute != nil}, {"rate_increment_factor", in.RateIncrementFactor != nil},
+			{"rate_increase_criteria", in.RateIncreaseCriteria != nil}, {"rate_increase_threshold", in.RateIncreaseThreshold != nil},
+			{"rate_maximum_per_minute", in.RateMaximumPerMinute != nil},
+		} {
+			if f.set {
+				return apierr.Invalid(f.name, "only applies to update_strategy %q (this policy is %q)", Rate, p.UpdateStrategy)
+			}
+		}
+		return nil
+	}
+	if in.RateBasePerMinute == nil {
+		return apierr.Invalid("rate_base_per_minute", "required for update_strategy %q: devices a minute to start with, 1 to %d", Rate, MaxRatePerMinute)
+	}
+	base := *in.RateBasePerMinute
+	if err := intIn("rate_base_per_minute", base, 1, MaxRatePerMinute); err != nil {
+		return err
+	}
+	factor := orDefault(in.RateIncrementFactor, DefaultRateIncrementFactor)
+	if math.IsNaN(factor) || factor <= 1 || factor > MaxRateIncrementFactor {
+		return apierr.Invalid("rate_increment_factor", "expected a number above 1 and at most %v, got %v", MaxRateIncrementFactor, factor)
+	}
+	criteria := orDefault(in.RateIncreaseCriteria, DefaultRateIncreaseCriteria)
+	if !slices.Contains(RateCriteria(), criteria) {
+		return apierr.Invalid("rate_increase_criteria", "expected %q or %q, got %q", RateNotified, RateSucceeded, criteria)
+	}
+	threshold := orDefault(in.RateIncreaseThreshold, base)
+	if err := intIn("rate_increase_threshold", threshold, 1, maxInt4); err != nil {
+		return err
+	}
+	maximum := orDefault(in.RateMaximumPerMinute, int32(DefaultRateMaximum(int(base))))
+	if maximum < base || maximum > MaxRatePerMinute {
+		return apierr.Invalid("rate_maximum_per_minute", "expected an integer from rate_base_per_minute (%d) to %d, got %d", base, MaxRatePerMinute, maximum)
+	}
+	p.RateBasePerMinute, p.RateIncrementFactor, p.RateIncreaseCriteria = &base, &factor, &criteria
+	p.RateIncreaseThreshold, p.RateMaximumPerMinute = &threshold, &maximum
+	return nil
 }
 
 // clockTime validates an HH:MM (or HH:MM:SS) local time and returns it as HH:MM:SS.

@@ -207,7 +207,7 @@ func rolloutsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "rollouts", Short: "List, inspect, watch and steer rollouts",
 		Long: "List, inspect, watch and steer rollouts. ROLLOUT_ID may be any unique prefix of a rollout id."}
 	cmd.AddCommand(listCmd(g, "list", "List rollouts", "/api/v1/rollouts",
-		[]string{"rollout_id", "image_name", "new_tag", "strategy", "status", "current_batch", "total_devices", "updated_devices", "failed_devices"},
+		[]string{"rollout_id", "image_name", "new_tag", "strategy", "status", "current_batch", "total_devices", "updated_devices", "failed_devices", "rate_per_minute"},
 		func(c *cobra.Command, q url.Values) {
 			queryFlag(c, q, "status", "only rollouts in this status")
 			queryFlag(c, q, "image_name", "only rollouts of this image")
@@ -249,7 +249,7 @@ func policiesCmd(g *globals) *cobra.Command {
 // policyFields are the flags of policy create/update, named as the API fields.
 var policyFields = []struct{ name, kind, usage string }{
 	{"image_pattern", "string", "glob over [registry/]repository[:tag]"},
-	{"update_strategy", "string", "auto, staged, manual or scheduled"},
+	{"update_strategy", "string", "auto, staged, manual, scheduled or rate"},
 	{"staged_batches", "int", "number of batches"},
 	{"batch_percentages", "ints", "cumulative batch percentages, e.g. 10,50,100"},
 	{"batch_delay_minutes", "int", "delay between batches (minutes)"},
@@ -275,6 +275,11 @@ var policyFields = []struct{ name, kind, usage string }{
 	{"offline_action", "string", "skip or fail an offline device after its grace"},
 	{"dynamic_inclusion", "bool", "devices that start running the image join an active rollout"},
 	{"max_retries", "int", "re-dispatch a failed device up to N times before it counts as failed (0-10)"},
+	{"rate_base_per_minute", "int", "rate strategy: devices a minute to start with (required for rate)"},
+	{"rate_increment_factor", "float", "rate strategy: multiply the rate by this at each raise (above 1, at most 5; default 2)"},
+	{"rate_increase_criteria", "string", "rate strategy: notified or succeeded devices count towards a raise (default succeeded)"},
+	{"rate_increase_threshold", "int", "rate strategy: raise the rate each time this many more devices met the criteria (default: the base rate)"},
+	{"rate_maximum_per_minute", "int", "rate strategy: never raise the rate above this (default: 10 x the base rate)"},
 }
 
 func policyWriteCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string) *cobra.Command {

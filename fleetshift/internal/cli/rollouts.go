@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -94,8 +95,11 @@ func rolloutShowCmd(g *globals) *cobra.Command {
 			var rows [][]string
 			for _, k := range []string{"rollout_id", "image_name", "old_tag", "new_tag", "new_digest", "strategy", "status",
 				"auto_paused", "current_batch", "total_devices", "updated_devices", "failed_devices", "rolled_back_devices",
-				"failure_rate", "progress_percent", "policy_id", "superseded_by", "next_batch_at", "created_at", "started_at",
-				"completed_at", "paused_at"} {
+				"failure_rate", "progress_percent", "rate_per_minute", "rate_dispatched", "policy_id", "superseded_by",
+				"next_batch_at", "created_at", "started_at", "completed_at", "paused_at"} {
+				if obj["strategy"] != "rate" && (k == "rate_per_minute" || k == "rate_dispatched") {
+					continue // the rate of a rate rollout only
+				}
 				if v, ok := obj[k]; ok {
 					rows = append(rows, []string{k, str(v)})
 				}
@@ -159,6 +163,14 @@ func planCmd(g *globals) *cobra.Command {
 				Excluded []struct {
 					Reason string `json:"reason"`
 				} `json:"excluded"`
+				Rate *struct {
+					Base      int     `json:"base_per_minute"`
+					Maximum   int     `json:"maximum_per_minute"`
+					Factor    float64 `json:"increment_factor"`
+					Criteria  string  `json:"increase_criteria"`
+					Threshold int     `json:"increase_threshold"`
+					MinTime   float64 `json:"min_dispatch_seconds"`
+				} `json:"rate"`
 			}
 			if err := json.Unmarshal(raw, &p); err != nil {
 				return fmt.Errorf("decode plan: %w", err)
@@ -173,6 +185,11 @@ func planCmd(g *globals) *cobra.Command {
 			}
 			rows = append(rows, []string{"strategy", dash(p.Strategy)}, []string{"first status", dash(p.Status)},
 				[]string{"devices", strconv.Itoa(p.TotalDevices)}, []string{"excluded", strconv.Itoa(len(p.Excluded))})
+			if r := p.Rate; r != nil {
+				rows = append(rows, []string{"rate", fmt.Sprintf("%d/min, x%g per %d %s, at most %d/min", r.Base, r.Factor,
+					r.Threshold, r.Criteria, r.Maximum)},
+					[]string{"dispatch time", "at least " + time.Duration(r.MinTime*float64(time.Second)).Round(time.Second).String()})
+			}
 			if err := render(g.out, FormatTable, nil, []string{"FIELD", "VALUE"}, rows); err != nil {
 				return err
 			}

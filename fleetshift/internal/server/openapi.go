@@ -175,7 +175,7 @@ var (
 func schemas() map[string]any {
 	policy := obj(map[string]any{
 		"id": integer, "image_pattern": str,
-		"update_strategy":     map[string]any{"type": "string", "enum": []string{"auto", "staged", "manual", "scheduled"}},
+		"update_strategy":     map[string]any{"type": "string", "enum": []string{"auto", "staged", "manual", "scheduled", "rate"}},
 		"staged_batches":      integer,
 		"batch_percentages":   map[string]any{"type": "array", "items": integer},
 		"batch_delay_minutes": integer, "batch_delay_seconds": integer, "health_check_enabled": boolean,
@@ -187,6 +187,9 @@ func schemas() map[string]any {
 		"semver_range": str, "batch_approval": boolean,
 		"offline_grace_seconds": integer, "offline_action": map[string]any{"type": "string", "enum": []string{"skip", "fail"}},
 		"dynamic_inclusion": boolean, "max_retries": integer, "created_at": stamp, "updated_at": stamp,
+		"rate_base_per_minute": integer, "rate_increment_factor": number,
+		"rate_increase_criteria":  map[string]any{"type": "string", "enum": []string{"notified", "succeeded"}},
+		"rate_increase_threshold": integer, "rate_maximum_per_minute": integer,
 	}, "image_pattern")
 	rollout := obj(map[string]any{
 		"rollout_id": str, "policy_id": integer, "image_name": str, "old_tag": str, "new_tag": str, "new_digest": str,
@@ -194,6 +197,7 @@ func schemas() map[string]any {
 		"batch_sizes": map[string]any{"type": "array", "items": integer}, "total_devices": integer,
 		"updated_devices": integer, "failed_devices": integer, "healthy_devices": integer, "rolled_back_devices": integer,
 		"failure_rate": number, "auto_paused": boolean, "created_at": stamp, "started_at": stamp, "completed_at": stamp,
+		"next_batch_at": stamp, "rate_per_minute": integer, "rate_dispatched": integer, "rate_raised_at": integer,
 	})
 	device := obj(map[string]any{"uuid": str, "device_name": str, "fleet_id": str, "tags": strs, "is_online": boolean,
 		"last_seen_at": stamp, "created_at": stamp})
@@ -238,8 +242,11 @@ func schemas() map[string]any {
 		"ReplayDays":             obj(map[string]any{"days": integer}),
 		"Replay": obj(map[string]any{"days": integer, "since": stamp, "policy": anyObj, "pushes": integer, "truncated": boolean,
 			"rollouts": map[string]any{"type": "array", "items": anyObj}, "skipped": map[string]any{"type": "array", "items": anyObj}}),
-		"PreviewRequest":    obj(map[string]any{"image": str, "digest": str}, "image"),
-		"Preview":           obj(map[string]any{"policy": anyObj, "image": str, "batches": map[string]any{"type": "array", "items": anyObj}, "excluded": map[string]any{"type": "array", "items": anyObj}}),
+		"PreviewRequest": obj(map[string]any{"image": str, "digest": str}, "image"),
+		"Preview": obj(map[string]any{"policy": anyObj, "image": str, "batches": map[string]any{"type": "array", "items": anyObj}, "excluded": map[string]any{"type": "array", "items": anyObj},
+			"rate": obj(map[string]any{"base_per_minute": integer, "maximum_per_minute": integer, "increment_factor": number,
+				"increase_criteria": str, "increase_threshold": integer, "chunk_size": integer, "interval_seconds": number,
+				"min_dispatch_seconds": number})}),
 		"Rollout":           rollout,
 		"RolloutList":       list("rollouts", "Rollout"),
 		"RolloutDevice":     obj(map[string]any{"device_uuid": str, "batch_number": integer, "status": str, "old_image_tag": str, "new_image_tag": str, "scheduled_at": stamp, "error_message": str, "failure_reason": str, "failure_log": str, "retry_count": integer}),

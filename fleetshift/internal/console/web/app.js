@@ -293,6 +293,7 @@
       $('#r-title').textContent = `${r.image_name}:${r.new_tag}`;
       $('#r-status').innerHTML = pill(r.status, 'rollout-status') + (r.auto_paused ? ' <span class="sub">paused automatically</span>' : '');
       $('#r-meta').innerHTML = `from <span class="mono">${esc(r.old_tag || '—')}</span> · ${esc(label(r.strategy))} · batch ${r.current_batch} of ${r.total_batches}` +
+        (r.strategy === 'rate' && r.rate_per_minute ? ` · <span id="r-rate">${esc(r.rate_per_minute)} devices/min, ${esc(r.rate_dispatched)} dispatched</span>` : '') +
         ` · created ${esc(fmtDate(r.created_at))}${r.completed_at ? ' · finished ' + esc(fmtDate(r.completed_at)) : ''}` +
         (r.policy && r.policy.id ? ` · policy <a href="#/policies/${esc(r.policy.id)}">#${esc(r.policy.id)}</a>` : '');
       const g = { completed: 0, running: 0, failed: 0, rolledBack: 0, pending: 0, skipped: 0 };
@@ -562,13 +563,20 @@
       { k: 'enabled', label: 'Enabled', type: 'bool' },
     ]],
     ['Rollout', [
-      { k: 'update_strategy', label: 'Update strategy', type: 'select', options: ['staged', 'auto', 'manual', 'scheduled'] },
+      { k: 'update_strategy', label: 'Update strategy', type: 'select', options: ['staged', 'auto', 'manual', 'scheduled', 'rate'] },
       { k: 'batch_percentages', label: 'Batch percentages', type: 'ints', hint: 'comma-separated, ending at 100' },
       { k: 'batch_delay_seconds', label: 'Batch delay (seconds)', type: 'int' },
       { k: 'maintenance_window_start', label: 'Window start', type: 'text', hint: 'HH:MM, scheduled strategy' },
       { k: 'maintenance_window_end', label: 'Window end', type: 'text', hint: 'HH:MM' },
       { k: 'timezone', label: 'Time zone', type: 'text', hint: 'e.g. Europe/Berlin' },
       { k: 'batch_approval', label: 'Approve each batch', type: 'bool' },
+    ]],
+    ['Rate (rate strategy only)', [
+      { k: 'rate_base_per_minute', label: 'Base rate (devices/min)', type: 'int', hint: 'required for the rate strategy' },
+      { k: 'rate_increment_factor', label: 'Increment factor', type: 'float', hint: 'above 1, at most 5; default 2' },
+      { k: 'rate_increase_criteria', label: 'Raise on', type: 'select', options: ['', 'succeeded', 'notified'] },
+      { k: 'rate_increase_threshold', label: 'Raise every N devices', type: 'int', hint: 'default: the base rate' },
+      { k: 'rate_maximum_per_minute', label: 'Maximum rate (devices/min)', type: 'int', hint: 'default: 10 x the base rate' },
     ]],
     ['Health', [
       { k: 'health_check_enabled', label: 'Health check', type: 'bool' },
