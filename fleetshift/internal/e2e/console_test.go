@@ -2,12 +2,19 @@ package e2e
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -344,5 +351,157 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitFor("policies listed read-only", `document.querySelectorAll('#p-body tr[data-policy]').length === 3`, 20*time.Second)
 	if v, _ := b.eval(`!!document.querySelector('#new-policy')`); v != false {
 		t.Fatal("a read token sees the New policy button")
+	}
+}
+
+// TestConsoleNotificationsInBrowser drives the console's notifications pages: an admin creates a
+// subscription to a local receiver through the form (a bad URL first: the API's 400 shows next to the
+// URL field, nothing is created), sees it listed with the signing secret shown once, pauses a rollout
+// and watches the delivery arrive as delivered (list and deliveries page, no reload); a read token sees
+// the subscription, its URL cut to the host, and no create or delete controls; the admin deletes it
+// (cancelling first keeps it).
+func TestConsoleNotificationsInBrowser(t *testing.T) {
+	b := newBrowser(t)
+	e := newEnv(t)
+	e.start()
+	type hit struct {
+		event, sig string
+		body       []byte
+	}
+	var mu sync.Mutex
+	var hits []hit
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		hits = append(hits, hit{r.Header.Get("X-Fleetshift-Event"), r.Header.Get("X-Fleetshift-Signature-256"), body})
+		mu.Unlock()
+	}))
+	defer rcv.Close()
+	_, admin := e.operatorToken("console-admin", "admin")
+	_, read := e.operatorToken("console-viewer", "read")
+	type subscription struct {
+		ID         string   `json:"id"`
+		Name       string   `json:"name"`
+		URL        string   `json:"url"`
+		Format     string   `json:"format"`
+		EventTypes []string `json:"event_types"`
+	}
+	subscriptions := func() []subscription {
+		var l struct {
+			Notifications []subscription `json:"notifications"`
+		}
+		e.admin("GET", "/api/v1/notifications", nil, 200).json(t, &l)
+		return l.Notifications
+	}
+
+	b.signIn(e.srv.HTTPURL, admin)
+	b.do("open notifications", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/notifications"))
+	b.waitFor("the empty list and the form", `!!document.querySelector('#n-form') &&
+		(document.querySelector('#n-body')||{textContent:''}).textContent.includes('No subscriptions')`, 20*time.Second)
+	if _, err := b.eval(`window.__noReload = 'still here'`); err != nil {
+		t.Fatal(err)
+	}
+
+	// A URL the API refuses: its 400 names the field, shown next to the URL input; nothing is created.
+	b.do("submit a bad url", chromedp.SendKeys(chromedp.CSS("#nf-name"), "ops-hook"),
+		chromedp.SendKeys(chromedp.CSS("#nf-url"), "ftp://example.test/hook"), chromedp.Click(chromedp.CSS("#nf-save")))
+	b.waitFor("the error next to the URL", `!document.querySelector('[data-err="url"]').hidden`, 10*time.Second)
+	if got := b.text(`[data-err="url"]`); !strings.Contains(got, "http") {
+		t.Fatalf("error shown next to url: %q", got)
+	}
+	if v, _ := b.eval(`document.querySelector('[data-err="name"]').hidden && document.querySelector('#nf-msg').hidden`); v != true {
+		t.Fatal("the url error shows elsewhere too")
+	}
+	if n := len(subscriptions()); n != 0 {
+		t.Fatalf("%d subscriptions after a refused create", n)
+	}
+	b.snapshot("notification-error")
+
+	// Fixed, and only for pauses: created, listed, the secret shown once.
+	b.do("fix the url, only pauses", chromedp.SetValue(chromedp.CSS("#nf-url"), rcv.URL+"/hook"),
+		chromedp.Click(chromedp.CSS(`input[name="nf-event"][value="failed"]`)),
+		chromedp.Click(chromedp.CSS(`input[name="nf-event"][value="completed"]`)),
+		chromedp.Click(chromedp.CSS(`input[name="nf-event"][value="rolled_back"]`)),
+		chromedp.Click(chromedp.CSS("#nf-save")))
+	b.waitFor("the secret", `(document.querySelector('#nf-secret')||{textContent:''}).textContent.length === 64`, 10*time.Second)
+	secret := b.text("#nf-secret")
+	subs := subscriptions()
+	if len(subs) != 1 || subs[0].Name != "ops-hook" || subs[0].URL != rcv.URL+"/hook" || subs[0].Format != "json" ||
+		!slices.Equal(subs[0].EventTypes, []string{"paused"}) {
+		t.Fatalf("subscriptions after the form: %+v", subs)
+	}
+	sub := subs[0].ID
+	row := fmt.Sprintf(`document.querySelector('#n-body tr[data-sub="%s"]')`, sub)
+	b.waitFor("listed", row+` !== null && `+row+`.textContent.includes('ops-hook') && `+row+`.textContent.includes('none yet')`, 10*time.Second)
+	if v, _ := b.eval(`[...document.querySelectorAll('[data-err]')].every(x => x.hidden)`); v != true {
+		t.Fatal("the url error is still shown after a successful create")
+	}
+
+	// A paused rollout: the receiver gets it, signed with the secret the page showed, and the page
+	// shows the delivery as delivered by itself.
+	id, _, _ := e.fixture("in_progress")
+	if r := e.httpVerb(admin, "pause", id, ""); r.Code != 200 || r.Status != "paused" {
+		t.Fatalf("pause: %+v", r)
+	}
+	wait.For(t, 30*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, h := range hits {
+			if h.event == "image.rollout_paused" && strings.Contains(string(h.body), id) {
+				m := hmac.New(sha256.New, []byte(secret))
+				m.Write(h.body)
+				if h.sig != "sha256="+hex.EncodeToString(m.Sum(nil)) {
+					return fmt.Errorf("signature %s does not match the secret the page showed", h.sig)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no paused notification for %s yet (%d hits)", id, len(hits))
+	})
+	b.waitFor("the latest delivery delivered in the list", row+`.querySelector('td.latest [data-status]').dataset.status === 'delivered'`, 20*time.Second)
+	b.snapshot("notifications")
+	b.do("open the subscription", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#n-body tr[data-sub="%s"] td`, sub))))
+	b.waitFor("its delivery, delivered at the first attempt with HTTP 200", `(() => {
+		const rows = document.querySelectorAll('#nd-body tr[data-delivery]');
+		return rows.length === 1 && rows[0].querySelector('[data-status]').dataset.status === 'delivered' &&
+			rows[0].querySelector('.attempts').textContent === '1' && rows[0].querySelector('.code').textContent === '200' &&
+			rows[0].textContent.includes('rollout paused');
+	})()`, 20*time.Second)
+	if v, _ := b.eval(`window.__noReload`); v != "still here" {
+		t.Fatalf("the page was reloaded (marker %v): updates must arrive without one", v)
+	}
+	b.snapshot("notification-deliveries")
+
+	// A read token: the list (URL cut to the host) and the deliveries, no form, no delete.
+	b.signIn(e.srv.HTTPURL, read)
+	b.do("open notifications read-only", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/notifications"))
+	b.waitFor("listed read-only", row+` !== null && `+row+`.querySelector('td.latest [data-status]').dataset.status === 'delivered'`, 20*time.Second)
+	if v, _ := b.eval(`!!document.querySelector('#n-form') || document.querySelectorAll('button[data-delete]').length > 0 || !document.querySelector('#n-readonly')`); v != false {
+		t.Fatal("a read token sees create or delete controls")
+	}
+	if txt, _ := b.eval(row + `.textContent`); !strings.Contains(fmt.Sprint(txt), strings.TrimPrefix(rcv.URL, "http://")+"/…") || strings.Contains(fmt.Sprint(txt), "/hook") {
+		t.Fatalf("a read token sees the URL as %q, want it cut to the host", txt)
+	}
+	b.do("open the subscription read-only", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/notifications/"+sub))
+	b.waitFor("its delivery read-only", `document.querySelectorAll('#nd-body tr[data-delivery] [data-status="delivered"]').length === 1`, 20*time.Second)
+	if v, _ := b.eval(`!!document.querySelector('#n-delete')`); v != false {
+		t.Fatal("a read token sees the Delete button")
+	}
+
+	// The admin deletes it: cancelling the confirmation keeps it, confirming removes it.
+	b.signIn(e.srv.HTTPURL, admin)
+	b.do("open notifications", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/notifications"))
+	del := fmt.Sprintf(`button[data-delete="%s"]`, sub)
+	b.do("delete, then cancel", chromedp.Click(chromedp.CSS(del)), chromedp.WaitVisible(chromedp.CSS("#modal-cancel")),
+		chromedp.Click(chromedp.CSS("#modal-cancel")))
+	b.waitFor("the dialog closed", `document.querySelector('#modal').hidden`, 10*time.Second)
+	if n := len(subscriptions()); n != 1 {
+		t.Fatalf("%d subscriptions after a cancelled delete", n)
+	}
+	b.do("delete, then confirm", chromedp.Click(chromedp.CSS(del)), chromedp.WaitVisible(chromedp.CSS("#modal-confirm")),
+		chromedp.Click(chromedp.CSS("#modal-confirm")))
+	b.waitFor("gone from the list", row+` === null && document.querySelector('#n-body').textContent.includes('No subscriptions')`, 10*time.Second)
+	if n := len(subscriptions()); n != 0 {
+		t.Fatalf("%d subscriptions after the delete", n)
 	}
 }

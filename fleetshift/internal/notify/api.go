@@ -20,8 +20,10 @@ import (
 	"github.com/fleetshift/fleetshift/shared/auth"
 )
 
-// API serves the subscription endpoints under /api/v1/notifications (admin scope: URLs and secrets
-// are credentials of the receiving side).
+// API serves the subscription endpoints under /api/v1/notifications. Creating and deleting need admin
+// scope; reading needs read scope, but a token below admin sees each URL cut to its scheme and host
+// (a webhook URL's path and query are often the receiver's credential, as with Slack's), also inside a
+// delivery's last error. The secret is only ever in the create answer.
 type API struct {
 	Pool      *pgxpool.Pool
 	Operators *auth.Operators
@@ -30,11 +32,12 @@ type API struct {
 // Register mounts the routes on r.
 func (a *API) Register(r fiber.Router) {
 	admin := a.Operators.Require(auth.ScopeAdmin)
+	read := a.Operators.Require(auth.ScopeRead)
 	r.Post("/api/v1/notifications", admin, a.create)
-	r.Get("/api/v1/notifications", admin, a.list)
-	r.Get("/api/v1/notifications/:id", admin, a.get)
+	r.Get("/api/v1/notifications", read, a.list)
+	r.Get("/api/v1/notifications/:id", read, a.get)
 	r.Delete("/api/v1/notifications/:id", admin, a.remove)
-	r.Get("/api/v1/notifications/:id/deliveries", admin, a.deliveries)
+	r.Get("/api/v1/notifications/:id/deliveries", read, a.deliveries)
 }
 
 // Subscription is a webhook subscription as the API shows it (the secret only in the create answer).
@@ -51,6 +54,19 @@ type Subscription struct {
 	Pending   int `json:"pending"`
 	Delivered int `json:"delivered"`
 	Failed    int `json:"failed"`
+	// LatestDelivery is the newest delivery (nil before the first).
+	LatestDelivery *LatestDelivery `json:"latest_delivery"`
+}
+
+// LatestDelivery is the newest delivery of a subscription, as the list shows it.
+type LatestDelivery struct {
+	ID             int64      `json:"id"`
+	EventType      string     `json:"event_type"`
+	Status         string     `json:"status"`
+	Attempts       int        `json:"attempts"`
+	LastStatusCode *int       `json:"last_status_code"`
+	LastAttemptAt  *time.Time `json:"last_attempt_at"`
+	CreatedAt      time.Time  `json:"created_at"`
 }
 
 type createRequest struct {
@@ -129,19 +145,76 @@ func (a *API) create(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(s)
 }
 
+// subscriptionColumns and subscriptionFrom read a subscription with its delivery counts and its newest
+// delivery (the subscription index serves both, newest first).
 const subscriptionColumns = `s.id::text, s.name, s.url, s.format, s.event_types, s.created_by, s.created_at,
 	(SELECT count(*) FROM notification_deliveries d WHERE d.subscription_id = s.id AND d.status = 'pending'),
 	(SELECT count(*) FROM notification_deliveries d WHERE d.subscription_id = s.id AND d.status = 'delivered'),
-	(SELECT count(*) FROM notification_deliveries d WHERE d.subscription_id = s.id AND d.status = 'failed')`
+	(SELECT count(*) FROM notification_deliveries d WHERE d.subscription_id = s.id AND d.status = 'failed'),
+	l.id, l.event_type, l.status, l.attempts, l.last_status_code, l.last_attempt_at, l.created_at`
+
+const subscriptionFrom = ` FROM notification_subscriptions s LEFT JOIN LATERAL (
+		SELECT d.id, d.event_type, d.status, d.attempts, d.last_status_code, d.last_attempt_at, d.created_at
+		FROM notification_deliveries d WHERE d.subscription_id = s.id ORDER BY d.id DESC LIMIT 1) l ON true`
 
 func scanSubscription(r pgx.Row) (Subscription, error) {
 	var s Subscription
-	err := r.Scan(&s.ID, &s.Name, &s.URL, &s.Format, &s.EventTypes, &s.CreatedBy, &s.CreatedAt, &s.Pending, &s.Delivered, &s.Failed)
+	var l struct {
+		id                 *int64
+		typ, status        *string
+		attempts, code     *int
+		attemptAt, created *time.Time
+	}
+	err := r.Scan(&s.ID, &s.Name, &s.URL, &s.Format, &s.EventTypes, &s.CreatedBy, &s.CreatedAt, &s.Pending, &s.Delivered, &s.Failed,
+		&l.id, &l.typ, &l.status, &l.attempts, &l.code, &l.attemptAt, &l.created)
+	if err == nil && l.id != nil {
+		s.LatestDelivery = &LatestDelivery{ID: *l.id, EventType: *l.typ, Status: *l.status, Attempts: *l.attempts,
+			LastStatusCode: l.code, LastAttemptAt: l.attemptAt, CreatedAt: *l.created}
+	}
 	return s, err
 }
 
+// seesURLs reports whether the caller may see subscription URLs whole (admin scope).
+func seesURLs(c *fiber.Ctx) bool {
+	p, ok := auth.PrincipalFrom(c)
+	return ok && p.Scope.Allows(auth.ScopeAdmin)
+}
+
+// RedactURL is raw cut to its scheme and host, followed by "/…" when it had more (path, query,
+// fragment); user information is dropped. What a token below admin sees of a subscription's URL.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "…"
+	}
+	out := u.Scheme + "://" + u.Host
+	if strings.Trim(u.EscapedPath(), "/") != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		out += "/…"
+	}
+	return out
+}
+
+// redactError replaces the subscription's URL inside a delivery error (Go's HTTP client quotes the URL
+// it failed to reach, with any password replaced by "***") with its redacted form.
+func redactError(msg, raw string) string {
+	red := RedactURL(raw)
+	forms := []string{raw}
+	if u, err := url.Parse(raw); err == nil {
+		forms = append(forms, u.String(), u.Redacted())
+		if pass, ok := u.User.Password(); ok { // net/http's own way of hiding it
+			forms = append(forms, strings.Replace(u.String(), pass+"@", "***@", 1))
+		}
+	}
+	for _, f := range forms {
+		if f != "" {
+			msg = strings.ReplaceAll(msg, f, red)
+		}
+	}
+	return msg
+}
+
 func (a *API) list(c *fiber.Ctx) error {
-	rows, err := a.Pool.Query(c.UserContext(), `SELECT `+subscriptionColumns+` FROM notification_subscriptions s ORDER BY s.created_at, s.id`)
+	rows, err := a.Pool.Query(c.UserContext(), `SELECT `+subscriptionColumns+subscriptionFrom+` ORDER BY s.created_at, s.id`)
 	if err != nil {
 		return fmt.Errorf("list notification subscriptions: %w", err)
 	}
@@ -151,6 +224,11 @@ func (a *API) list(c *fiber.Ctx) error {
 	}
 	if list == nil {
 		list = []Subscription{}
+	}
+	if !seesURLs(c) {
+		for i := range list {
+			list[i].URL = RedactURL(list[i].URL)
+		}
 	}
 	return c.JSON(fiber.Map{"notifications": list})
 }
@@ -172,12 +250,15 @@ func (a *API) get(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s, err := scanSubscription(a.Pool.QueryRow(c.UserContext(), `SELECT `+subscriptionColumns+` FROM notification_subscriptions s WHERE s.id = $1`, id))
+	s, err := scanSubscription(a.Pool.QueryRow(c.UserContext(), `SELECT `+subscriptionColumns+subscriptionFrom+` WHERE s.id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) || isBadUUID(err) {
 		return notFound(id)
 	}
 	if err != nil {
 		return fmt.Errorf("read notification subscription %s: %w", id, err)
+	}
+	if !seesURLs(c) {
+		s.URL = RedactURL(s.URL)
 	}
 	return c.JSON(s)
 }
@@ -237,8 +318,8 @@ func (a *API) deliveries(c *fiber.Ctx) error {
 		}
 		limit = n
 	}
-	var exists bool
-	err = a.Pool.QueryRow(c.UserContext(), `SELECT true FROM notification_subscriptions WHERE id = $1`, id).Scan(&exists)
+	var subURL string
+	err = a.Pool.QueryRow(c.UserContext(), `SELECT url FROM notification_subscriptions WHERE id = $1`, id).Scan(&subURL)
 	if errors.Is(err, pgx.ErrNoRows) || isBadUUID(err) {
 		return notFound(id)
 	}
@@ -264,6 +345,14 @@ func (a *API) deliveries(c *fiber.Ctx) error {
 	}
 	if list == nil {
 		list = []Delivery{}
+	}
+	if !seesURLs(c) {
+		for i := range list {
+			if list[i].LastError != nil {
+				e := redactError(*list[i].LastError, subURL)
+				list[i].LastError = &e
+			}
+		}
 	}
 	return c.JSON(fiber.Map{"notification_id": id, "deliveries": list})
 }

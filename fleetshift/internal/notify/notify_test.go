@@ -34,6 +34,7 @@ type fixture struct {
 	db   *pgtest.DB
 	ns   *natstest.Server
 	app  *fiber.App
+	ops  *auth.Operators
 	svc  *Service
 	stop func()
 }
@@ -42,7 +43,8 @@ func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	t.Helper()
 	f := &fixture{t: t, db: pgtest.New(t), ns: natstest.New(t)}
 	f.app = fiber.New(fiber.Config{ErrorHandler: apierr.FiberErrorHandler})
-	(&API{Pool: f.db.Pool, Operators: auth.NewOperators(f.db.Pool, adminToken, logging.Nop())}).Register(f.app)
+	f.ops = auth.NewOperators(f.db.Pool, adminToken, logging.Nop())
+	(&API{Pool: f.db.Pool, Operators: f.ops}).Register(f.app)
 	cfg := Config{Pool: f.db.Pool, JS: f.ns.JS, Subjects: f.ns.Subjects, Log: logging.Nop(),
 		PollInterval: 50 * time.Millisecond, Backoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	if mod != nil {
@@ -159,7 +161,7 @@ func (r *receiver) received() ([]*http.Request, [][]byte) {
 }
 
 // TestSubscriptionAPI: create shows the secret once; list and get never do; bad input names the field;
-// delete removes; only admin tokens may touch subscriptions.
+// delete removes; no token, no answer (read tokens: TestReadTokensSeeSubscriptionsWithoutURLs).
 func TestSubscriptionAPI(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, nil)
@@ -213,6 +215,94 @@ func TestSubscriptionAPI(t *testing.T) {
 	require.Equal(t, 404, code)
 	code, out = f.call("GET", "/api/v1/notifications/not-an-id/deliveries", adminToken, nil)
 	require.Equal(t, 400, code, string(out))
+}
+
+// token makes an operator token of scope.
+func (f *fixture) token(name string, scope auth.Scope) string {
+	f.t.Helper()
+	_, tok, err := f.ops.CreateToken(context.Background(), name, scope)
+	require.NoError(f.t, err)
+	return tok
+}
+
+// TestReadTokensSeeSubscriptionsWithoutURLs: read and operate tokens list subscriptions, their newest
+// delivery and their deliveries, with each URL cut to scheme and host (also inside a delivery's last
+// error); they may not create or delete (403, nothing changed). Admin sees the URL whole.
+func TestReadTokensSeeSubscriptionsWithoutURLs(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, func(c *Config) { c.MaxAttempts = 1 })
+	read, operate := f.token("viewer", auth.ScopeRead), f.token("operator", auth.ScopeOperate)
+	// Nothing listens on port 9: the POST fails with Go's error, which quotes the URL.
+	const secretURL = "http://127.0.0.1:9/services/T000/B000/very-secret-path?key=hush"
+	sub := f.subscribe(map[string]any{"name": "slack-ops", "url": secretURL, "format": "slack", "event_types": []string{"paused"}})
+	f.publish(event(streams.EventRolloutPaused))
+	var failed Delivery
+	wait.For(t, 20*time.Second, func() error {
+		ds := f.deliveries(sub.ID)
+		if len(ds) != 1 || ds[0].Status != "failed" || ds[0].LastError == nil {
+			return fmt.Errorf("want one failed delivery, got %+v", ds)
+		}
+		failed = ds[0]
+		return nil
+	})
+	require.Contains(t, *failed.LastError, "very-secret-path", "admin sees the error as it was")
+
+	for _, tok := range []string{read, operate} {
+		code, out := f.call("GET", "/api/v1/notifications", tok, nil)
+		require.Equal(t, 200, code, string(out))
+		require.NotContains(t, string(out), "very-secret-path")
+		require.NotContains(t, string(out), "hush")
+		var list struct {
+			Notifications []Subscription `json:"notifications"`
+		}
+		require.NoError(t, json.Unmarshal(out, &list))
+		require.Len(t, list.Notifications, 1)
+		got := list.Notifications[0]
+		require.Equal(t, "http://127.0.0.1:9/…", got.URL)
+		require.Equal(t, "slack-ops", got.Name)
+		require.Equal(t, "slack", got.Format)
+		require.Equal(t, []string{"paused"}, got.EventTypes)
+		require.Equal(t, 1, got.Failed)
+		require.NotNil(t, got.LatestDelivery)
+		require.Equal(t, "failed", got.LatestDelivery.Status)
+		require.Equal(t, failed.ID, got.LatestDelivery.ID)
+		require.Equal(t, 1, got.LatestDelivery.Attempts)
+
+		code, out = f.call("GET", "/api/v1/notifications/"+sub.ID, tok, nil)
+		require.Equal(t, 200, code, string(out))
+		require.NotContains(t, string(out), "very-secret-path")
+
+		code, out = f.call("GET", "/api/v1/notifications/"+sub.ID+"/deliveries", tok, nil)
+		require.Equal(t, 200, code, string(out))
+		require.NotContains(t, string(out), "very-secret-path")
+		require.NotContains(t, string(out), "hush")
+		require.Contains(t, string(out), "http://127.0.0.1:9/…", "the error still says where it failed")
+
+		code, out = f.call("POST", "/api/v1/notifications", tok, map[string]any{"name": "x", "url": "https://e.test/"})
+		require.Equal(t, 403, code, string(out))
+		code, out = f.call("DELETE", "/api/v1/notifications/"+sub.ID, tok, nil)
+		require.Equal(t, 403, code, string(out))
+	}
+	code, out := f.call("GET", "/api/v1/notifications", adminToken, nil)
+	require.Equal(t, 200, code)
+	require.Contains(t, string(out), secretURL)
+	require.Contains(t, string(out), `"latest_delivery":{`)
+}
+
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		"https://hooks.slack.com/services/T/B/X": "https://hooks.slack.com/…",
+		"https://example.test":                   "https://example.test",
+		"https://example.test/":                  "https://example.test",
+		"https://example.test/?token=x":          "https://example.test/…",
+		"https://user:pw@example.test:8443/":     "https://example.test:8443/…",
+		"not a url":                              "…",
+	} {
+		require.Equal(t, want, RedactURL(raw), raw)
+	}
+	msg := `POST: Post "https://u:***@e.test/p": dial tcp: refused`
+	require.Equal(t, `POST: Post "https://e.test/…": dial tcp: refused`, redactError(msg, "https://u:pw@e.test/p"))
 }
 
 // TestDeliveryRetriesUntilReceiverRecovers: a receiver that fails gets the notification again with

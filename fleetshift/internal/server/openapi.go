@@ -75,10 +75,10 @@ var operations = []operation{
 	{"post", "/api/v1/rollouts/{id}/retry", "Re-dispatch failed devices (all, or device_uuids) of an in-progress, paused or awaiting-approval rollout", "control", "operate", "RetryRequest", "RetryResult", "200"},
 
 	{"post", "/api/v1/notifications", "Subscribe a URL to rollout events (paused, failed, completed, rolled_back); the signing secret is shown once", "notifications", "admin", "NotificationCreate", "Notification", "201"},
-	{"get", "/api/v1/notifications", "List notification subscriptions with delivery counts", "notifications", "admin", "", "NotificationList", "200"},
-	{"get", "/api/v1/notifications/{id}", "Show a notification subscription", "notifications", "admin", "", "Notification", "200"},
+	{"get", "/api/v1/notifications", "List notification subscriptions with delivery counts and the newest delivery (below admin, each URL is cut to its scheme and host)", "notifications", "read", "", "NotificationList", "200"},
+	{"get", "/api/v1/notifications/{id}", "Show a notification subscription (below admin, its URL is cut to its scheme and host)", "notifications", "read", "", "Notification", "200"},
 	{"delete", "/api/v1/notifications/{id}", "Delete a notification subscription and its deliveries", "notifications", "admin", "", "", "204"},
-	{"get", "/api/v1/notifications/{id}/deliveries", "A subscription's deliveries, newest first (status, limit): attempts, last status code, last error", "notifications", "admin", "", "DeliveryList", "200"},
+	{"get", "/api/v1/notifications/{id}/deliveries", "A subscription's deliveries, newest first (status, limit): attempts, last status code, last error", "notifications", "read", "", "DeliveryList", "200"},
 }
 
 // OpenAPI returns the OpenAPI 3.1 document of the HTTP API.
@@ -203,7 +203,10 @@ func schemas() map[string]any {
 		"last_seen_at": stamp, "created_at": stamp})
 	target := obj(map[string]any{"apps": anyObj, "config": anyObj, "version": integer})
 	notification := obj(map[string]any{"id": str, "name": str, "url": str, "format": str, "event_types": strs,
-		"created_by": str, "created_at": stamp, "secret": str, "pending": integer, "delivered": integer, "failed": integer})
+		"created_by": str, "created_at": stamp, "secret": str, "pending": integer, "delivered": integer, "failed": integer,
+		"latest_delivery": obj(map[string]any{"id": integer, "event_type": str,
+			"status":   map[string]any{"type": "string", "enum": []string{"pending", "delivered", "failed"}},
+			"attempts": integer, "last_status_code": integer, "last_attempt_at": stamp, "created_at": stamp})})
 	notificationCreate := obj(map[string]any{"name": str, "url": str,
 		"format":      map[string]any{"type": "string", "enum": []string{"json", "slack"}},
 		"event_types": map[string]any{"type": "array", "items": map[string]any{"type": "string", "enum": []string{"paused", "failed", "completed", "rolled_back"}}},

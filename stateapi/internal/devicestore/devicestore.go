@@ -97,26 +97,58 @@ func Insert(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d New) (Creat
 	if err != nil {
 		return Created{}, fmt.Errorf("insert device %s: %w", d.UUID, err)
 	}
-	w := target.Write{DeviceUUID: d.UUID, Apps: target.Apps{}, Config: json.RawMessage("{}")}
-	if d.FleetID != "" {
-		var apps, cfg []byte
-		err := tx.QueryRow(ctx, `SELECT apps, config FROM fleet_target_state WHERE fleet_id = $1`, d.FleetID).Scan(&apps, &cfg)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return Created{}, fmt.Errorf("read default target of fleet %s: %w", d.FleetID, err)
-		default:
-			if w.Apps, err = target.ParseApps(apps); err != nil {
-				return Created{}, fmt.Errorf("default target of fleet %s: %w", d.FleetID, err)
-			}
-			w.Config = cfg
-		}
-	}
-	written, err := WriteTargets(ctx, tx, subj, []target.Write{w})
+	// The device starts on its fleet's default target. A rollout that completes while this transaction
+	// waits on its lock to join it (JoinActiveRollouts) moves that default to the new image after it was
+	// read here: the device would start on the old image, in no rollout. So the default's version is
+	// read again after the write (a new statement sees that commit) and, when it moved, the device
+	// starts on the moved default instead (a newer target version; it joins nothing it already runs).
+	w, version, err := fleetDefault(ctx, tx, d.UUID, d.FleetID)
 	if err != nil {
-		return Created{}, fmt.Errorf("write first target of %s: %w", d.UUID, err)
+		return Created{}, err
+	}
+	var written []target.Written
+	for attempt := 0; ; attempt++ {
+		ws, err := WriteTargets(ctx, tx, subj, []target.Write{w})
+		if err != nil {
+			return Created{}, fmt.Errorf("write first target of %s: %w", d.UUID, err)
+		}
+		written = ws
+		if d.FleetID == "" || attempt == 2 {
+			break
+		}
+		var now int64
+		if w, now, err = fleetDefault(ctx, tx, d.UUID, d.FleetID); err != nil {
+			return Created{}, err
+		}
+		if now == version {
+			break
+		}
+		version = now
 	}
 	return Created{UUID: d.UUID, APIKey: key, Written: written}, nil
+}
+
+// fleetDefault is the first target of device uuid in fleet: the fleet's default target (an empty one
+// without a default or a fleet), with the default's version (0 without one).
+func fleetDefault(ctx context.Context, tx pgx.Tx, uuid, fleet string) (target.Write, int64, error) {
+	w := target.Write{DeviceUUID: uuid, Apps: target.Apps{}, Config: json.RawMessage("{}")}
+	if fleet == "" {
+		return w, 0, nil
+	}
+	var apps, cfg []byte
+	var version int64
+	err := tx.QueryRow(ctx, `SELECT apps, config, version FROM fleet_target_state WHERE fleet_id = $1`, fleet).Scan(&apps, &cfg, &version)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return w, 0, nil
+	case err != nil:
+		return w, 0, fmt.Errorf("read default target of fleet %s: %w", fleet, err)
+	}
+	if w.Apps, err = target.ParseApps(apps); err != nil {
+		return w, 0, fmt.Errorf("default target of fleet %s: %w", fleet, err)
+	}
+	w.Config = cfg
+	return w, version, nil
 }
 
 // WriteTargets writes target states and notifies their devices in order (target.Save: the write and,

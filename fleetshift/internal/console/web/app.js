@@ -1,5 +1,6 @@
 // fleetshift web console: a small single-page app over the operator HTTP API. Hash routes:
-// #/rollouts, #/rollouts/<id>, #/fleet, #/policies, #/policies/new, #/policies/<id>.
+// #/rollouts, #/rollouts/<id>, #/fleet, #/policies, #/policies/new, #/policies/<id>, #/notifications,
+// #/notifications/<id>.
 // Live updates come from GET /api/v1/events/stream (Server-Sent Events); the token is kept in
 // sessionStorage and sent as a bearer token (and as ?token= to the event stream, which EventSource needs).
 'use strict';
@@ -23,6 +24,7 @@
     },
     clear() { ['token', 'scope', 'name'].forEach((k) => sessionStorage.removeItem('fleetshift.' + k)); },
     canOperate() { return this.scope === 'operate' || this.scope === 'admin'; },
+    canAdmin() { return this.scope === 'admin'; },
   };
 
   class APIError extends Error {
@@ -631,16 +633,10 @@
     }));
     if (isNew) fill(); else api('GET', '/api/v1/image-policies/' + id).then((p) => { doc = p; fill(); }).catch(showError);
 
-    const fieldError = (k, msg) => {
-      const box = $(`[data-err="${k}"]`);
-      if (!box) return false;
-      box.textContent = msg; box.hidden = false; box.parentElement.classList.add('bad');
-      return true;
-    };
     $('#p-form').onsubmit = async (ev) => {
       ev.preventDefault();
       if (ro) return;
-      $$('[data-err]').forEach((b) => { b.hidden = true; b.parentElement.classList.remove('bad'); });
+      clearFieldErrors('#p-form');
       const msg = $('#p-msg'); msg.hidden = true;
       const body = { ...doc };
       let bad = false;
@@ -692,6 +688,172 @@
     return `<div class="field"><label for="${id}">${esc(f.label)}</label>${input}${f.hint ? `<div class="hint">${esc(f.hint)}</div>` : ''}<div class="err" data-err="${f.k}" hidden></div></div>`;
   }
 
+  // Notifications ---------------------------------------------------------------------------------
+  // Outgoing webhook subscriptions (GET/POST/DELETE /api/v1/notifications). Reading needs a read token
+  // (which sees each URL cut to its scheme and host); creating and deleting need admin, so only an admin
+  // token gets the form and the delete buttons. Deliveries change without events of their own (retries,
+  // answers), so the pages poll every 2 s while visible, and also refresh on every event.
+  const KINDS = [['paused', 'Paused'], ['failed', 'Failed'], ['completed', 'Completed'], ['rolled_back', 'Rolled back']];
+  const FORMATS = { json: 'generic JSON', slack: 'Slack' };
+  const kindsHTML = (ts) => (ts || []).map((k) => `<span class="chip">${esc(label(k))}</span>`).join('');
+  const NOTIFY_POLL_MS = 2000;
+
+  // latestHTML: a subscription's newest delivery, as a status pill and when.
+  function latestHTML(l) {
+    if (!l) return '<span class="sub">none yet</span>';
+    const when = l.last_attempt_at || l.created_at;
+    return `${pill(l.status)} <span class="sub" title="${esc(fmtDate(when))}">${esc(label(String(l.event_type || '').replace(/^image\.rollout_/, '')))} · ${esc(ago(when))}` +
+      `${l.last_status_code ? ' · HTTP ' + esc(l.last_status_code) : ''}</span>`;
+  }
+
+  // polling runs fn now, every NOTIFY_POLL_MS while the tab is visible, and on every event; it returns
+  // a function that stops it.
+  function polling(fn) {
+    const refresh = refresher(fn, 200);
+    const poll = setInterval(() => { if (document.visibilityState === 'visible') refresh(); }, NOTIFY_POLL_MS);
+    const close = live('', refresh);
+    fn().catch(showError);
+    return () => { clearInterval(poll); close(); };
+  }
+
+  async function deleteSubscription(s) {
+    if (!await confirmDialog(`Delete subscription ${s.name}?`, 'Its deliveries are deleted with it and nothing more is sent to its URL.', 'Delete', true)) return false;
+    try { await api('DELETE', '/api/v1/notifications/' + s.id); return true; } catch (e) { showError(e); return false; }
+  }
+
+  function notificationsPage() {
+    const admin = session.canAdmin();
+    main.innerHTML = `<div class="page-head"><h1>Notifications</h1><span class="spacer"></span>
+      <span class="sub">Webhooks posted, signed, when a rollout pauses, fails, completes or rolls back.</span></div>
+      <div class="panel flush"><table><thead><tr><th>Name / URL</th><th>Format</th><th>Events</th><th class="num">Delivered</th>
+      <th class="num">Pending</th><th class="num">Failed</th><th>Latest delivery</th>${admin ? '<th></th>' : ''}</tr></thead>
+      <tbody id="n-body"><tr><td colspan="8" class="empty">Loading…</td></tr></tbody></table></div>
+      ${admin ? `<form class="panel" id="n-form" novalidate><h2>New subscription</h2><div class="form">
+        <div class="field"><label for="nf-name">Name</label><input type="text" id="nf-name" name="name"><div class="err" data-err="name" hidden></div></div>
+        <div class="field"><label for="nf-url">URL</label><input type="text" id="nf-url" name="url" placeholder="https://hooks.example.com/fleetshift">
+          <div class="hint">http:// or https://; every POST is signed with a secret shown once</div><div class="err" data-err="url" hidden></div></div>
+        <div class="field"><label for="nf-format">Format</label><select id="nf-format" name="format">${Object.entries(FORMATS).map(([v, l]) => `<option value="${v}">${esc(l)}</option>`).join('')}</select>
+          <div class="err" data-err="format" hidden></div></div>
+        <div class="field"><label>Events</label><div class="checks">${KINDS.map(([k, l]) => `<label class="inline"><input type="checkbox" name="nf-event" value="${k}" checked> ${esc(l)}</label>`).join('')}</div>
+          <div class="err" data-err="event_types" hidden></div></div>
+      </div><div class="controls" style="margin-top:14px"><button class="btn primary" type="submit" id="nf-save">Create subscription</button></div>
+      <div class="msg" id="nf-msg" hidden></div></form>`
+    : '<div class="sub" id="n-readonly">Subscriptions are created and deleted with an admin token; this token can only look. URLs are shown up to their host.</div>'}`;
+    let list = [];
+    const render = () => {
+      const body = $('#n-body');
+      if (!body) return;
+      body.innerHTML = list.length ? list.map((s) => `<tr class="click" data-sub="${esc(s.id)}">
+        <td><div><b>${esc(s.name)}</b></div><div class="sub mono">${esc(s.url)}</div></td>
+        <td>${esc(FORMATS[s.format] || s.format)}</td><td>${kindsHTML(s.event_types)}</td>
+        <td class="num">${s.delivered}</td><td class="num">${s.pending}</td><td class="num">${s.failed}</td>
+        <td class="latest">${latestHTML(s.latest_delivery)}</td>
+        ${admin ? `<td><button class="btn danger small" type="button" data-delete="${esc(s.id)}">Delete</button></td>` : ''}</tr>`).join('')
+        : `<tr><td colspan="8" class="empty">No subscriptions.${admin ? ' Create one below.' : ''}</td></tr>`;
+      $$('tr[data-sub]', body).forEach((tr) => { tr.onclick = () => { location.hash = '#/notifications/' + tr.dataset.sub; }; });
+      $$('button[data-delete]', body).forEach((b) => {
+        b.onclick = async (ev) => {
+          ev.stopPropagation();
+          const s = list.find((x) => x.id === b.dataset.delete);
+          if (s && await deleteSubscription(s)) await load();
+        };
+      });
+    };
+    let shown = '';
+    const load = async () => {
+      const l = (await api('GET', '/api/v1/notifications')).notifications || [];
+      const key = JSON.stringify(l);
+      if (key === shown) return; // unchanged: keep the rows (and what the pointer is on)
+      shown = key; list = l; render();
+    };
+    const stop = polling(load);
+    const clock = setInterval(render, 30000);
+    if (admin) {
+      $('#n-form').onsubmit = async (ev) => {
+        ev.preventDefault();
+        clearFieldErrors('#n-form');
+        const msg = $('#nf-msg'); msg.hidden = true;
+        const kinds = $$('input[name="nf-event"]:checked').map((c) => c.value);
+        if (!kinds.length) { fieldError('event_types', 'choose at least one event'); return; }
+        const body = { name: $('#nf-name').value.trim(), url: $('#nf-url').value.trim(), format: $('#nf-format').value, event_types: kinds };
+        try {
+          const s = await api('POST', '/api/v1/notifications', body);
+          $('#nf-name').value = ''; $('#nf-url').value = '';
+          msg.className = 'msg ok';
+          msg.innerHTML = `Subscribed <b>${esc(s.name)}</b>. Its signing secret, shown only now: <code id="nf-secret">${esc(s.secret)}</code>`;
+          msg.hidden = false;
+          await load();
+        } catch (e) {
+          if (!(e.field && fieldError(e.field, e.message))) { msg.className = 'msg error'; msg.textContent = e.message; msg.hidden = false; }
+        }
+      };
+    }
+    return { destroy() { stop(); clearInterval(clock); } };
+  }
+
+  function notificationPage(id) {
+    const admin = session.canAdmin();
+    main.innerHTML = `<div class="crumbs"><a href="#/notifications">Notifications</a> / <span class="mono">${esc(id)}</span></div>
+      <div class="page-head"><h1 id="n-title">Subscription</h1><span class="spacer"></span>
+      ${admin ? '<button class="btn danger" type="button" id="n-delete">Delete</button>' : ''}</div>
+      <div class="sub mono" id="n-url" style="margin:-8px 0 14px"></div>
+      <div class="cards" id="n-cards"></div>
+      <div class="panel flush"><h2 style="display:flex;align-items:center;gap:10px">Deliveries <span class="spacer" style="flex:1"></span>
+        <select id="nd-status" style="font-size:13px;padding:4px 8px"><option value="">all statuses</option>
+        ${['pending', 'delivered', 'failed'].map((s) => `<option value="${s}">${s}</option>`).join('')}</select></h2>
+        <div class="scroll"><table><thead><tr><th class="num">#</th><th>Event</th><th>Status</th><th class="num">Attempts</th><th class="num">Response</th>
+        <th>Last error</th><th>Last attempt</th><th>Next / delivered</th></tr></thead><tbody id="nd-body"></tbody></table></div>
+        <div class="sub" style="padding:8px 18px">Newest first, at most 100. A pending delivery is retried with backoff.</div></div>`;
+    let sub = null; let shown = '';
+    const load = async () => {
+      const st = $('#nd-status').value;
+      const [s, d] = await Promise.all([api('GET', '/api/v1/notifications/' + id),
+        api('GET', `/api/v1/notifications/${id}/deliveries${st ? '?status=' + st : ''}`)]);
+      const key = JSON.stringify([s, d, Math.floor(Date.now() / 30000)]); // re-render at least every 30 s (the "ago" times)
+      if (key === shown) return;
+      shown = key; sub = s;
+      $('#n-title').textContent = s.name;
+      $('#n-url').textContent = s.url;
+      $('#n-cards').innerHTML = `<div class="card"><div class="k">Format</div><div class="v" style="font-size:15px">${esc(FORMATS[s.format] || s.format)}</div></div>
+        <div class="card"><div class="k">Events</div><div class="v" style="font-size:15px">${kindsHTML(s.event_types)}</div></div>
+        <div class="card ok"><div class="k">Delivered</div><div class="v">${s.delivered}</div></div>
+        <div class="card run"><div class="k">Pending</div><div class="v">${s.pending}</div></div>
+        <div class="card fail"><div class="k">Failed</div><div class="v">${s.failed}</div></div>
+        <div class="card"><div class="k">Created</div><div class="v" style="font-size:13px">${esc(fmtDate(s.created_at))}${s.created_by ? `<div class="sub">by ${esc(s.created_by)}</div>` : ''}</div></div>`;
+      const ds = d.deliveries || [];
+      $('#nd-body').innerHTML = ds.length ? ds.map((x) => `<tr data-delivery="${x.id}">
+        <td class="num">${x.id}</td>
+        <td><div>${esc(label(String(x.event_type).replace(/^image\./, '')))}</div>${x.rollout_id ? `<a class="sub mono" href="#/rollouts/${esc(x.rollout_id)}">${esc(short(x.rollout_id))}</a>` : ''}</td>
+        <td>${pill(x.status)}</td><td class="num attempts">${x.attempts}</td>
+        <td class="num code">${x.last_status_code ?? '—'}</td>
+        <td class="reason">${x.last_error ? `<span style="color:#b42318">${esc(x.last_error)}</span>` : ''}</td>
+        <td title="${esc(fmtDate(x.last_attempt_at))}">${esc(x.last_attempt_at ? ago(x.last_attempt_at) : 'not yet')}</td>
+        <td>${x.delivered_at ? `<span title="${esc(fmtDate(x.delivered_at))}">${esc(fmtTime(x.delivered_at))}</span>`
+    : (x.next_attempt_at ? `<span class="sub" title="${esc(fmtDate(x.next_attempt_at))}">next ${esc(fmtTime(x.next_attempt_at))}</span>` : '—')}</td></tr>`).join('')
+        : '<tr><td colspan="8" class="empty">No deliveries yet. Only events after the subscription was created are sent.</td></tr>';
+    };
+    const stop = polling(load);
+    $('#nd-status').onchange = () => load().catch(showError);
+    const del = $('#n-delete');
+    if (del) {
+      del.onclick = async () => {
+        if (sub && await deleteSubscription(sub)) location.hash = '#/notifications';
+      };
+    }
+    return { destroy() { stop(); } };
+  }
+
+  // fieldError shows msg next to the form field the API named; false when there is no such field.
+  function fieldError(k, msg) {
+    const box = $(`[data-err="${k}"]`);
+    if (!box) return false;
+    box.textContent = msg; box.hidden = false; box.parentElement.classList.add('bad');
+    return true;
+  }
+  function clearFieldErrors(form) {
+    $$(`${form} [data-err]`).forEach((b) => { b.hidden = true; b.parentElement.classList.remove('bad'); });
+  }
+
   function showError(e) {
     if (e && e.status === 401) return;
     let box = $('#page-error');
@@ -717,6 +879,7 @@
       case 'rollouts': current = parts[1] ? rolloutPage(parts[1]) : rolloutsPage(); break;
       case 'fleet': current = fleetPage(); break;
       case 'policies': current = parts[1] ? policyPage(parts[1]) : policiesPage(); break;
+      case 'notifications': current = parts[1] ? notificationPage(parts[1]) : notificationsPage(); break;
       default: location.hash = '#/rollouts';
     }
   }
