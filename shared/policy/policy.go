@@ -53,6 +53,7 @@ const (
 	DefaultOfflineAction             = OfflineSkip
 	DefaultDynamicInclusion          = true
 	DefaultMaxRetries                = 0
+	DefaultDownloadAhead             = false
 )
 
 // What an offline device becomes once its offline grace has passed.
@@ -128,6 +129,10 @@ type Policy struct {
 	// MaxRetries is how often a failed device is re-dispatched automatically before it counts as
 	// failed (0: never).
 	MaxRetries int32 `json:"max_retries"`
+	// DownloadAhead (scheduled strategy only) has the rollout's devices pull the new image as soon as
+	// the rollout is created (a prefetch entry in their targets), so that inside the maintenance window
+	// they only switch.
+	DownloadAhead bool `json:"download_ahead"`
 }
 
 // Defaults returns a policy with every default set and no pattern.
@@ -147,6 +152,7 @@ func Defaults() Policy {
 		OfflineAction:             DefaultOfflineAction,
 		DynamicInclusion:          DefaultDynamicInclusion,
 		MaxRetries:                DefaultMaxRetries,
+		DownloadAhead:             DefaultDownloadAhead,
 	}
 }
 
@@ -308,11 +314,11 @@ const Columns = `image_pattern, update_strategy, staged_batches, batch_percentag
 	batch_delay_seconds, health_check_enabled, health_check_timeout_seconds, health_check_config,
 	auto_rollback_enabled, max_failure_rate, min_sample_size, maintenance_window_start, maintenance_window_end,
 	timezone, fleet_id, device_tags, device_uuids, priority, enabled, description, tag_policy, semver_range,
-	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion, max_retries`
+	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, download_ahead`
 
 // Placeholders are the VALUES of Columns for an INSERT or UPDATE whose first argument is Args()[0].
 const Placeholders = `$1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13::time, $14::time, $15, $16,
-	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28`
+	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29`
 
 // Args returns the values of Columns.
 func (p Policy) Args() []any {
@@ -324,7 +330,8 @@ func (p Policy) Args() []any {
 		p.BatchDelaySeconds, p.HealthCheckEnabled, p.HealthCheckTimeoutSeconds, cfg,
 		p.AutoRollbackEnabled, p.MaxFailureRate, p.MinSampleSize, p.MaintenanceWindowStart, p.MaintenanceWindowEnd,
 		p.Timezone, p.FleetID, p.DeviceTags, p.DeviceUUIDs, p.Priority, p.Enabled, p.Description, p.TagPolicy,
-		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion, p.MaxRetries}
+		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion, p.MaxRetries,
+		p.DownloadAhead}
 }
 
 // Querier runs a query returning one row; *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
@@ -344,14 +351,14 @@ func Load(ctx context.Context, q Querier, id int64) (*Policy, error) {
 			health_check_config, auto_rollback_enabled, max_failure_rate, min_sample_size,
 			maintenance_window_start::text, maintenance_window_end::text, timezone, fleet_id, device_tags,
 			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval,
-			offline_grace_seconds, offline_action, dynamic_inclusion, max_retries
+			offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, download_ahead
 		FROM image_update_policies WHERE id = $1`, id).Scan(
 		&p.ID, &p.ImagePattern, &p.UpdateStrategy, &p.StagedBatches, &p.BatchPercentages,
 		&p.BatchDelayMinutes, &p.BatchDelaySeconds, &p.HealthCheckEnabled, &p.HealthCheckTimeoutSeconds,
 		&cfg, &p.AutoRollbackEnabled, &p.MaxFailureRate, &p.MinSampleSize,
 		&p.MaintenanceWindowStart, &p.MaintenanceWindowEnd, &p.Timezone, &p.FleetID, &p.DeviceTags,
 		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval,
-		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion, &p.MaxRetries)
+		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion, &p.MaxRetries, &p.DownloadAhead)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load policy %d: %w", id, ErrNotFound)
 	}

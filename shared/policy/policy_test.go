@@ -55,6 +55,9 @@ func TestValidateNamesFieldAndShape(t *testing.T) {
 		{`{"image_pattern":"acme/app:*","tag_policy":"regex"}`, "tag_policy", `expected "glob" or "semver"`},
 		{`{"image_pattern":"acme/app:*","semver_range":">=1.0"}`, "semver_range", `needs tag_policy "semver"`},
 		{`{"image_pattern":"acme/app:*","colour":"blue"}`, "colour", "unknown field"},
+		{`{"image_pattern":"acme/app:*","download_ahead":true}`, "download_ahead", `needs update_strategy "scheduled"`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"staged","download_ahead":true}`, "download_ahead", `got "staged"`},
+		{`{"image_pattern":"acme/app:*","download_ahead":"yes"}`, "download_ahead", "expected boolean"},
 	}
 	for _, c := range cases {
 		_, err := policy.Decode([]byte(c.body))
@@ -120,9 +123,12 @@ func TestDefaultsMatchSchema(t *testing.T) {
 		"batch_delay_seconds":30,"health_check_config":{"http":"/health"},"max_failure_rate":0.5,"min_sample_size":4,
 		"maintenance_window_start":"22:00","maintenance_window_end":"04:30","timezone":"Europe/Berlin","fleet_id":"f1",
 		"device_tags":{"env":"prod"},"device_uuids":["d-1"],"priority":-3,"tag_policy":"semver","semver_range":">=1.0.0",
-		"batch_approval":true,"description":"nightly"}`))
+		"batch_approval":true,"description":"nightly","download_ahead":true}`))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !in.DownloadAhead {
+		t.Fatal("download_ahead of a scheduled policy not kept")
 	}
 	if err := db.Pool.QueryRow(ctx, `INSERT INTO image_update_policies (`+policy.Columns+`) VALUES (`+policy.Placeholders+`)
 		RETURNING id`, in.Args()...).Scan(&in.ID); err != nil {

@@ -46,6 +46,7 @@ type Input struct {
 	OfflineAction             *string         `json:"offline_action"`
 	DynamicInclusion          *bool           `json:"dynamic_inclusion"`
 	MaxRetries                *int32          `json:"max_retries"`
+	DownloadAhead             *bool           `json:"download_ahead"`
 
 	ID        json.RawMessage `json:"id"`
 	CreatedAt json.RawMessage `json:"created_at"`
@@ -261,6 +262,11 @@ func (in Input) Validate() (Policy, error) {
 	p.MaxRetries = orDefault(in.MaxRetries, DefaultMaxRetries)
 	if err := intIn("max_retries", p.MaxRetries, 0, MaxMaxRetries); err != nil {
 		return p, err
+	}
+	p.DownloadAhead = orDefault(in.DownloadAhead, DefaultDownloadAhead)
+	if p.DownloadAhead && p.UpdateStrategy != Scheduled {
+		return p, apierr.Invalid("download_ahead", "needs update_strategy %q (devices download ahead of a maintenance window), got %q",
+			Scheduled, p.UpdateStrategy)
 	}
 	return p, nil
 }
