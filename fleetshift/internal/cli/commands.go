@@ -275,6 +275,7 @@ var policyFields = []struct{ name, kind, usage string }{
 	{"offline_action", "string", "skip or fail an offline device after its grace"},
 	{"dynamic_inclusion", "bool", "devices that start running the image join an active rollout"},
 	{"max_retries", "int", "re-dispatch a failed device up to N times before it counts as failed (0-10)"},
+	{"download_ahead", "bool", "scheduled only: devices pull the new image before the window opens, switch inside it"},
 }
 
 func policyWriteCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string) *cobra.Command {
