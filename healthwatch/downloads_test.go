@@ -5,8 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -76,4 +78,39 @@ func TestDownloadedReportsAreRecordedOnce(t *testing.T) {
 	require.Equal(t, first, at())
 	require.Len(t, events(), 1)
 	b.checkCounters(id)
+}
+
+// TestRollbackClearsPendingPrefetch: rolling back a device never dispatched, then the whole rollout,
+// removes the prefetch entries the rollout had given its pending devices (new target versions), so they
+// stop pulling an image that will not come.
+func TestRollbackClearsPendingPrefetch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("rbpf", 4, "fleet-rbpf", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 3}, policy: map[string]any{"download_ahead": true}})
+	b.tx(func(tx pgx.Tx) {
+		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
+		require.NoError(t, err)
+	})
+	prefetched := func(u string) (bool, int64) {
+		var has bool
+		var v int64
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT prefetch <> '[]'::jsonb, version FROM device_target_state WHERE device_uuid = $1`, u).
+			Scan(&has, &v))
+		return has, v
+	}
+	_, v2 := prefetched(devs[2])
+	require.NoError(t, RollbackDevice(b.ctx, b.pool, b.subj, id, devs[1], "test"))
+	if has, _ := prefetched(devs[1]); has {
+		t.Fatal("the rolled-back pending device keeps its prefetch entry")
+	}
+	if has, v := prefetched(devs[2]); !has || v != v2 {
+		t.Fatal("rolling back one device touched another's target")
+	}
+	require.NoError(t, RollbackAll(b.ctx, b.pool, b.subj, id, "test"))
+	for _, u := range devs[2:] {
+		if has, v := prefetched(u); has || v != v2+1 {
+			t.Fatalf("%s after rollback-all: prefetch %v version %d (want none, version %d)", u, has, v, v2+1)
+		}
+	}
 }

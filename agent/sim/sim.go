@@ -382,8 +382,8 @@ func (s *Sim) Counters() Counters {
 	s.mu.Lock()
 	devs := slices.Clone(s.devices)
 	s.mu.Unlock()
-	c := Counters{Devices: s.cfg.Devices, Registered: int(s.registered.Load()), Running: len(devs), ByImage: map[string]int{}, RegErrors: s.regErrors.Load(),
-		PulledAhead: map[string]int{}}
+	c := Counters{Devices: s.cfg.Devices, Registered: int(s.registered.Load()), Running: len(devs), ByImage: map[string]int{},
+		RegErrors: s.regErrors.Load(), PulledAhead: map[string]int{}}
 	for _, d := range devs {
 		for _, img := range d.rt.pulledImages() {
 			c.PulledAhead[img]++

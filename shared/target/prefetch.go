@@ -64,9 +64,10 @@ func SetPrefetch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutI
 	return notifyReturned(ctx, tx, subj, rows)
 }
 
-// ClearPrefetch removes, set-based, the prefetch entries of rollout rolloutID from the targets of the
-// rollout's devices that still hold one (only those in devices, when it is not nil), and notifies
-// them as Save does. A rollout that ends (cancelled, rolled back, superseded, completed without
+// ClearPrefetch removes, set-based, the prefetch entries of rollout rolloutID (a rollout whose policy
+// snapshot has download_ahead; for any other it reads nothing) from the targets of the rollout's
+// devices that still hold one (only those in devices, when it is not nil), and notifies them as Save
+// does. A rollout that ends (cancelled, rolled back, superseded, completed without
 // dispatching some device) calls it in its own transaction; a device the rollout moved already lost its
 // entry (ApplyImage). Targets without such an entry are not written.
 func ClearPrefetch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rolloutID string, devices []string) ([]Written, error) {
@@ -76,6 +77,9 @@ func ClearPrefetch(ctx context.Context, tx pgx.Tx, subj streams.Subjects, rollou
 			FROM device_rollout_status d JOIN device_target_state t ON t.device_uuid = d.device_uuid
 			WHERE d.rollout_id = $1::uuid AND ($2::text[] IS NULL OR d.device_uuid = ANY($2))
 			  AND t.prefetch @> jsonb_build_array(jsonb_build_object('rollout_id', $1::text))
+			  -- evaluated once: a rollout that never downloads ahead reads none of its rows
+			  AND EXISTS (SELECT 1 FROM image_rollouts r WHERE r.rollout_id = $1::uuid
+			              AND coalesce((r.policy->>'download_ahead')::boolean, false))
 			ORDER BY t.device_uuid FOR UPDATE OF t)
 		UPDATE device_target_state t SET
 			prefetch = `+dropPrefetch(`x.e->>'rollout_id' = $1::text`)+`,

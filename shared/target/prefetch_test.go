@@ -122,8 +122,8 @@ func TestPrefetchWritesNotifiesAndDrops(t *testing.T) {
 
 	// The rollout ends: p2 and p3 (never moved) lose their entry, p1 and other are not written.
 	inTx(func(tx pgx.Tx) {
-		if _, err := tx.Exec(ctx, `INSERT INTO image_rollouts (rollout_id, image_name, repository, new_tag, new_image, strategy, status)
-			VALUES ($1, 'acme/app', 'docker.io/acme/app', '2.0', 'acme/app:2.0', 'scheduled', 'cancelled')`, rollout); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO image_rollouts (rollout_id, image_name, repository, new_tag, new_image, strategy, status, policy)
+			VALUES ($1, 'acme/app', 'docker.io/acme/app', '2.0', 'acme/app:2.0', 'scheduled', 'cancelled', '{"download_ahead": true}')`, rollout); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO device_rollout_status (rollout_id, device_uuid, batch_number, status)

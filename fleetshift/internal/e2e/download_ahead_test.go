@@ -81,6 +81,17 @@ func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 			t.Fatalf("API: device %s has no downloaded_at", d.UUID)
 		}
 	}
+	var tgt struct {
+		Apps     map[string]any `json:"apps"`
+		Prefetch []struct {
+			Image     string `json:"image"`
+			RolloutID string `json:"rollout_id"`
+		} `json:"prefetch"`
+	}
+	e.admin("GET", "/api/v1/devices/"+devs.Devices[0].UUID+"/target-state", nil, 200).json(t, &tgt)
+	if len(tgt.Prefetch) != 1 || tgt.Prefetch[0].Image != "acme/app:2.0" || tgt.Prefetch[0].RolloutID != id {
+		t.Fatalf("API target-state prefetch %+v", tgt.Prefetch)
+	}
 	var out syncBuffer
 	if err := e.fleetshift(context.Background(), &out, e.srv.AdminToken, "rollouts", "devices", id); err != nil {
 		t.Fatalf("rollouts devices: %v\n%s", err, out.String())
@@ -99,5 +110,57 @@ func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 	}
 	if ro := e.rollout(id); ro.Updated != n || e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id) != n {
 		t.Fatalf("completed rollout: %+v", ro)
+	}
+}
+
+// TestCancelledDownloadAheadRolloutClearsPrefetch: devices polling over HTTP get the prefetch entry and
+// download; cancelling the rollout while it waits for its window removes the prefetch entries of its devices (a new target version each), the devices stop
+// reporting the image downloaded, and nothing ever moves to the new image.
+func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
+	t.Parallel()
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	e := newEnv(t)
+	e.startClocked(clock, 0)
+	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true}), 201)
+	const n = 3
+	// Over HTTP polling: the prefetch entry reaches devices in the polled document too.
+	s := e.runSim("cancel-ahead", n, []string{"acme/app:1.0"}, func(c *sim.Config) { c.Transport = sim.TransportHTTP })
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == n })
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	wait.For(t, 60*time.Second, func() error {
+		if got := e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id); got != n {
+			return fmt.Errorf("downloaded_devices %d, want %d", got, n)
+		}
+		return nil
+	})
+	versions := e.countRows(`SELECT sum(version)::int FROM device_target_state`)
+
+	_, op := e.operatorToken("canceller", "operate")
+	if r := e.httpVerb(op, "cancel", id, ""); r.Code != 200 || r.Status != "cancelled" {
+		t.Fatalf("cancel: %+v", r)
+	}
+	if got := e.countRows(`SELECT count(*) FROM device_target_state WHERE prefetch <> '[]'::jsonb`); got != 0 {
+		t.Fatalf("%d targets still carry a prefetch entry after the cancel", got)
+	}
+	if got := e.countRows(`SELECT sum(version)::int FROM device_target_state`); got != versions+n {
+		t.Fatalf("target versions sum %d after the cancel, want %d (one new version per device)", got, versions+n)
+	}
+	// The devices hear of it: their current state no longer lists the image downloaded.
+	wait.For(t, 30*time.Second, func() error {
+		if got := e.countRows(`SELECT count(*) FROM device_current_state WHERE report ? 'downloaded'`); got != 0 {
+			return fmt.Errorf("%d devices still report downloaded", got)
+		}
+		return nil
+	})
+	// Inside the window nothing moves: the rollout is over.
+	clock.Set(time.Date(2030, 1, 15, 23, 30, 0, 0, berlin))
+	time.Sleep(2 * time.Second)
+	if e.movedTargets("acme/app:2.0") != 0 || s.Counters().ByImage["acme/app:1.0"] != n {
+		t.Fatalf("a cancelled rollout moved devices: %s", s.Counters())
 	}
 }
