@@ -38,7 +38,7 @@ func TestPrefetchWritesNotifiesAndDrops(t *testing.T) {
 		must(t, tx.Commit(ctx))
 	}
 	inTx(func(tx pgx.Tx) {
-		_, err := target.Apply(ctx, tx, ws)
+		_, err := target.Save(ctx, tx, subj, ws)
 		must(t, err)
 	})
 	type row struct {
