@@ -51,6 +51,9 @@ func TestCountersEqualRecountUnderRandomTransitions(t *testing.T) {
 						}
 						st := states[rng.IntN(len(states))]
 						r := decodeReport(t, d, web(d, img, st.status, st.health))
+						if rng.IntN(3) == 0 { // pulled ahead (download ahead): downloaded_devices moves
+							r.body.Downloaded = []string{newImg}
+						}
 						r.at = time.Now()
 						reps = append(reps, r)
 					}
@@ -97,6 +100,9 @@ func TestCountersEqualRecountUnderRandomTransitions(t *testing.T) {
 				FROM device_rollout_status`).Scan(&finished, &failed, &rolledBack))
 			require.Positive(t, finished)
 			require.Positive(t, failed+rolledBack)
+			var downloaded int
+			require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM device_rollout_status WHERE downloaded_at IS NOT NULL`).Scan(&downloaded))
+			require.Positive(t, downloaded)
 		})
 	}
 }

@@ -335,18 +335,20 @@ func (b *bundle) dispatchCommands(id string) map[string]int {
 // checkCounters fails unless the rollout's counters equal a full recount of its device rows.
 func (b *bundle) checkCounters(id string) {
 	b.t.Helper()
-	var updated, failed, healthy, rolledBack, storedFailures int
+	var updated, failed, healthy, rolledBack, storedFailures, downloaded int
 	var rate float64
 	require.NoError(b.t, b.pool.QueryRow(b.ctx, `SELECT updated_devices, failed_devices, healthy_devices,
-		rolled_back_devices, failures, failure_rate FROM image_rollouts WHERE rollout_id = $1`, id).
-		Scan(&updated, &failed, &healthy, &rolledBack, &storedFailures, &rate))
-	var wantCompleted, wantFailed, wantRB, failures, finished int
+		rolled_back_devices, failures, failure_rate, downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id).
+		Scan(&updated, &failed, &healthy, &rolledBack, &storedFailures, &rate, &downloaded))
+	var wantCompleted, wantFailed, wantRB, failures, finished, wantDownloaded int
 	require.NoError(b.t, b.pool.QueryRow(b.ctx, `SELECT
 		count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
 		count(*) FILTER (WHERE status = 'rolled_back'),
 		count(*) FILTER (WHERE status = 'failed' OR (status = 'rolled_back' AND error_message IS NOT NULL)),
-		count(*) FILTER (WHERE status IN ('completed', 'failed', 'rolled_back'))
-		FROM device_rollout_status WHERE rollout_id = $1`, id).Scan(&wantCompleted, &wantFailed, &wantRB, &failures, &finished))
+		count(*) FILTER (WHERE status IN ('completed', 'failed', 'rolled_back')),
+		count(*) FILTER (WHERE downloaded_at IS NOT NULL)
+		FROM device_rollout_status WHERE rollout_id = $1`, id).Scan(&wantCompleted, &wantFailed, &wantRB, &failures, &finished, &wantDownloaded))
+	require.Equal(b.t, wantDownloaded, downloaded, "downloaded_devices")
 	require.Equal(b.t, wantCompleted, updated, "updated_devices")
 	require.Equal(b.t, wantCompleted, healthy, "healthy_devices")
 	require.Equal(b.t, wantFailed, failed, "failed_devices")

@@ -19,6 +19,8 @@ func FuzzParseReport(f *testing.F) {
 		`{"d1":{"apps":{"1":{"services":[{"imageName":"x\u0000","status":"running"}]}}}}`,
 		`{"d2":{"apps":{}}}`, `{"d1":{"apps":{"1":{"services":[{"imageName":"\ud800"}]}}}}`, `[`, `{}`, `null`,
 		`{"d1":{"apps":{"1":{"services":[{"health":"healthy"}]}}}}`,
+		`{"d1":{"apps":{},"version":3,"downloaded":["acme/app:2.0"],"downloadErrors":{"acme/app:2.1":"pull failed"}}}`,
+		`{"d1":{"apps":{},"downloaded":"acme/app:2.0"}}`, `{"d1":{"apps":{},"downloaded":["a\u0000b"]}}`,
 	} {
 		f.Add("fleet.device.d1.state", []byte(s))
 	}
@@ -41,6 +43,11 @@ func FuzzParseReport(f *testing.F) {
 		}
 		if err := apierr.CheckJSONText(rep.raw, "report"); err != nil {
 			t.Fatalf("accepted a report jsonb refuses: %v", err)
+		}
+		for _, img := range rep.body.Downloaded {
+			if err := apierr.CheckText("downloaded", img); err != nil {
+				t.Fatalf("accepted downloaded image %q: %v", img, err)
+			}
 		}
 		for _, app := range rep.body.Apps {
 			for _, svc := range app.Services {

@@ -72,6 +72,16 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 	for _, c := range s.transitions(current, byDevice, policies, refs) {
 		moving = append(moving, c.rollout)
 	}
+	// Images reported downloaded ahead (download-ahead rollouts): their rollouts are locked with the
+	// moving ones, in one id order.
+	dl := downloadsOf(reps)
+	if dl.any() {
+		ids, err := dl.rollouts(ctx, tx)
+		if err != nil {
+			return err
+		}
+		moving = append(moving, ids...)
+	}
 	if len(moving) == 0 {
 		return s.commitReports(ctx, w, backs)
 	}
@@ -103,6 +113,11 @@ func (s *Service) applyReports(ctx context.Context, reps []report) error {
 		next = append(next, c.to.status)
 		reasons = append(reasons, boundHead(c.to.reason, maxFailureReason))
 		logs = append(logs, boundTail(c.to.log, maxFailureLog))
+	}
+	if dl.any() {
+		if err := dl.record(ctx, w, locked); err != nil {
+			return err
+		}
 	}
 	if len(devices) == 0 {
 		return s.commitReports(ctx, w, backs)

@@ -134,6 +134,9 @@ func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects,
 	if err != nil {
 		return fmt.Errorf("roll back rollout %s: skip pending devices: %w", rolloutID, err)
 	}
+	if _, err := target.ClearPrefetch(ctx, tx, subj, ro.id, nil); err != nil {
+		return fmt.Errorf("roll back rollout %s: %w", rolloutID, err)
+	}
 	if ro.status == rolloutCompleted && ro.oldTag != "" {
 		newRef, err := imageref.Parse(ro.newImage)
 		if err == nil {
@@ -194,6 +197,9 @@ func RollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjec
 	case statusPending:
 		if _, err := tx.Exec(ctx, `UPDATE device_rollout_status SET status = `+lifecycle.SQL(lifecycle.DeviceSkipped)+`, updated_at = now()
 			WHERE rollout_id = $1 AND device_uuid = $2 AND status = `+lifecycle.SQL(lifecycle.DevicePending)+``, ro.id, deviceUUID); err != nil {
+			return fmt.Errorf("roll back device %s of rollout %s: %w", deviceUUID, rolloutID, err)
+		}
+		if _, err := target.ClearPrefetch(ctx, tx, subj, ro.id, []string{deviceUUID}); err != nil {
 			return fmt.Errorf("roll back device %s of rollout %s: %w", deviceUUID, rolloutID, err)
 		}
 	default:

@@ -252,6 +252,10 @@ func complete(ctx context.Context, w *work, ro rollout) error {
 	if _, err := moveFleetDefaults(ctx, w.tx, ro.id, ro.repository, ro.newImage, nil); err != nil {
 		return err
 	}
+	// Devices the rollout never moved (skipped offline, ...) drop what they were to pull ahead.
+	if _, err := target.ClearPrefetch(ctx, w.tx, w.subj, ro.id, nil); err != nil {
+		return fmt.Errorf("complete: %w", err)
+	}
 	w.event(events.Event{Type: streams.EventRolloutCompleted, RolloutID: ro.id,
 		Message: fmt.Sprintf("rollout completed: %d updated, %d failed, %d rolled back", ro.completed, ro.failed, ro.rolledBack),
 		Data: map[string]any{

@@ -20,6 +20,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/consume"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -317,6 +318,12 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 			superseded, id); err != nil {
 			return Result{}, fmt.Errorf("skip devices of superseded rollouts: %w", err)
 		}
+		// Images a superseded rollout had its devices pull ahead will not be dispatched by it.
+		for _, old := range superseded {
+			if _, err := target.ClearPrefetch(ctx, tx, s.subj, old, nil); err != nil {
+				return Result{}, fmt.Errorf("superseded rollout %s: %w", old, err)
+			}
+		}
 	}
 
 	if len(plan.Devices) > 0 {
@@ -329,6 +336,21 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 			pgx.CopyFromRows(rows)); err != nil {
 			return Result{}, fmt.Errorf("write %d device rows of rollout %s: %w", len(rows), id, err)
 		}
+	}
+
+	// Download ahead: every device of a rollout waiting for its window pulls the new image now (a
+	// prefetch entry in its target; what runs is not changed), and only switches inside the window.
+	prefetched := 0
+	if pol.DownloadAhead && status == StatusScheduled && len(plan.Devices) > 0 {
+		uuids := make([]string, len(plan.Devices))
+		for i, d := range plan.Devices {
+			uuids[i] = d.DeviceUUID
+		}
+		written, err := target.SetPrefetch(ctx, tx, s.subj, id, plan.NewImage, uuids)
+		if err != nil {
+			return Result{}, fmt.Errorf("rollout %s: %w", id, err)
+		}
+		prefetched = len(written)
 	}
 
 	// A rate rollout's chunks come from healthwatch's rate timer, due at once (next_batch_at unset).
@@ -348,7 +370,8 @@ func (s *Service) writeRollout(ctx context.Context, tx pgx.Tx, plan *RolloutPlan
 	}
 	created := map[string]any{"policy_id": pol.ID, "strategy": pol.UpdateStrategy, "status": status,
 		"total_devices": len(plan.Devices), "batch_sizes": batchSizes, "new_image": plan.NewImage,
-		"old_tag": oldTag, "superseded": superseded, "excluded": len(plan.Excluded)}
+		"old_tag": oldTag, "superseded": superseded, "excluded": len(plan.Excluded),
+		"download_ahead": pol.DownloadAhead, "prefetched_devices": prefetched}
 	if pol.UpdateStrategy == StrategyRate {
 		created["rate_per_minute"] = pol.RateBase()
 	}

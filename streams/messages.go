@@ -106,9 +106,12 @@ type TargetV1 map[string]DeviceTarget
 
 // DeviceTarget is one device's target state.
 type DeviceTarget struct {
-	Apps    json.RawMessage `json:"apps"`
-	Config  json.RawMessage `json:"config"`
-	Version int64           `json:"version"`
+	Apps   json.RawMessage `json:"apps"`
+	Config json.RawMessage `json:"config"`
+	// Prefetch, when present, lists the images to pull ahead without changing what runs: a JSON array
+	// of {"image", "rollout_id"} (download-ahead rollouts waiting for their maintenance window).
+	Prefetch json.RawMessage `json:"prefetch,omitempty"`
+	Version  int64           `json:"version"`
 }
 
 // ReportV1 is a device's current-state report: the PATCH /api/v1/device/state body, keyed by device uuid,
@@ -121,6 +124,8 @@ type DeviceReport struct {
 	Config json.RawMessage        `json:"config,omitempty"`
 	// TargetVersion is the target version the device has applied, when it says.
 	TargetVersion int64 `json:"version,omitempty"`
+	// Downloaded are the images of the target's prefetch entries the device has pulled ahead.
+	Downloaded []string `json:"downloaded,omitempty"`
 }
 
 // ReportedApp is one app in a report.

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -85,6 +86,8 @@ type Stats struct {
 	ReportPending bool
 	// Polls counts HTTP polls made.
 	Polls int64
+	// Pulls counts prefetch pulls started (each image of a target's prefetch, retries included).
+	Pulls int64
 }
 
 // Agent is one device's engine.
@@ -116,6 +119,12 @@ type Agent struct {
 	pending      []byte
 	reportSeq    int64
 	healthByName map[string]*wire.Health
+	// want are the prefetch images of the newest target taken; downloaded those pulled, pullErrs why
+	// the last pull of the others failed. Only the Run goroutine touches them.
+	want       []string
+	downloaded map[string]bool
+	pullErrs   map[string]string
+	pulls      atomic.Int64
 }
 
 // StreamName returns the JetStream stream holding the latest targets under prefix.
@@ -163,6 +172,8 @@ func New(cfg Config) (*Agent, error) {
 		wake:         make(chan struct{}, 1),
 		linkUp:       make(chan struct{}, 1),
 		healthByName: map[string]*wire.Health{},
+		downloaded:   map[string]bool{},
+		pullErrs:     map[string]string{},
 	}
 	a.directGet = "$JS.API.DIRECT.GET." + StreamName(cfg.Prefix) + "." + a.targetSubj
 	return a, nil
@@ -178,6 +189,7 @@ func (a *Agent) Stats() Stats {
 		ReportsSent:   a.reportsSent.Load(),
 		ReportPending: a.pendingFlag.Load(),
 		Polls:         a.polls.Load(),
+		Pulls:         a.pulls.Load(),
 	}
 }
 
@@ -326,6 +338,38 @@ type applyResult struct {
 	err    error
 }
 
+// pullResult is what one round of prefetch pulls did: per image, nil or why it failed.
+type pullResult struct {
+	errs map[string]error
+}
+
+// setWant takes the prefetch images of a target just taken; what was pulled for images no longer
+// asked for is forgotten (a later prefetch of one pulls it again, which is cheap when it is there).
+func (a *Agent) setWant(t wire.DeviceTarget) {
+	a.want = t.PrefetchImages()
+	for img := range a.downloaded {
+		if !slices.Contains(a.want, img) {
+			delete(a.downloaded, img)
+		}
+	}
+	for img := range a.pullErrs {
+		if !slices.Contains(a.want, img) {
+			delete(a.pullErrs, img)
+		}
+	}
+}
+
+// toPull are the wanted images not pulled yet.
+func (a *Agent) toPull() []string {
+	var out []string
+	for _, img := range a.want {
+		if !a.downloaded[img] {
+			out = append(out, img)
+		}
+	}
+	return out
+}
+
 type healthResult struct {
 	version int64
 	results map[string]*wire.Health
@@ -356,8 +400,44 @@ func (a *Agent) Run(ctx context.Context) error {
 	retryTimer := time.NewTimer(time.Hour)
 	retryTimer.Stop()
 	defer retryTimer.Stop()
-	pollFails, applyFails := 0, 0
+	pullTimer := time.NewTimer(time.Hour)
+	pullTimer.Stop()
+	defer pullTimer.Stop()
+	pollFails, applyFails, pullFails := 0, 0, 0
 	applyDone := make(chan applyResult, 1)
+	pullDone := make(chan pullResult, 1)
+	pulling := false
+	puller, canPull := a.cfg.Runtime.(runtime.Puller)
+	// startPulls pulls the wanted images not pulled yet, one at a time, beside any apply: a pull
+	// changes no container. A failed pull is retried later; it never fails the device.
+	startPulls := func() {
+		if pulling {
+			return
+		}
+		todo := a.toPull()
+		if len(todo) == 0 {
+			return
+		}
+		if !canPull {
+			if _, logged := a.pullErrs[todo[0]]; !logged {
+				log.Warn().Strs("images", todo).Msg("this runtime cannot pull images ahead; they download when applied")
+			}
+			for _, img := range todo {
+				a.pullErrs[img] = "this runtime cannot pull ahead"
+			}
+			return
+		}
+		pulling = true
+		go func() {
+			res := pullResult{errs: make(map[string]error, len(todo))}
+			for _, img := range todo {
+				a.pulls.Add(1)
+				res.errs[img] = puller.Pull(ctx, img)
+			}
+			pullDone <- res
+		}()
+	}
+	a.setWant(a.current)
 	healthDone := make(chan healthResult, 1)
 	applying := false
 	var healthCancel context.CancelFunc = func() {}
@@ -395,13 +475,43 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.failed = nil
 		log.Info().Int64("version", t.Version).Msg("applying target")
 		startApply(*t)
+		a.setWant(*t)
+		startPulls()
 	}
 
 	a.report(ctx)
+	startPulls()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case r := <-pullDone:
+			pulling = false
+			failed := 0
+			for img, err := range r.errs {
+				if !slices.Contains(a.want, img) {
+					continue // no longer asked for
+				}
+				if err != nil {
+					failed++
+					a.pullErrs[img] = err.Error()
+					log.Warn().Err(err).Str("image", img).Msg("pull ahead failed; will retry")
+					continue
+				}
+				a.downloaded[img] = true
+				delete(a.pullErrs, img)
+				log.Info().Str("image", img).Msg("image downloaded ahead")
+			}
+			a.report(ctx)
+			if failed > 0 {
+				pullFails++
+				pullTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(pullFails, 20), a.cfg.MaxBackoff)))
+			} else {
+				pullFails = 0
+				startPulls() // the target may have asked for more meanwhile
+			}
+		case <-pullTimer.C:
+			startPulls()
 		case <-a.linkUp:
 			natsSynced = false
 			if err := a.fetchLatest(ctx); err != nil {
@@ -571,7 +681,18 @@ func (a *Agent) report(ctx context.Context) {
 		}
 		apps[appID] = ra
 	}
-	body, err := json.Marshal(wire.Report{a.cfg.Identity.UUID: {Apps: apps, Version: a.current.Version}})
+	rep := wire.DeviceReport{Apps: apps, Version: a.current.Version}
+	for _, img := range a.want {
+		if a.downloaded[img] {
+			rep.Downloaded = append(rep.Downloaded, img)
+		} else if e, ok := a.pullErrs[img]; ok {
+			if rep.DownloadErrors == nil {
+				rep.DownloadErrors = map[string]string{}
+			}
+			rep.DownloadErrors[img] = boundError(e)
+		}
+	}
+	body, err := json.Marshal(wire.Report{a.cfg.Identity.UUID: rep})
 	if err != nil {
 		a.cfg.Log.Warn().Err(err).Msg("encode report")
 		return
@@ -636,4 +757,17 @@ func (a *Agent) publish(ctx context.Context) error {
 		return fmt.Errorf("publish report: %s", ack.Error.Description)
 	}
 	return nil
+}
+
+// boundError keeps a pull error short enough for a report (its end says most: the registry's answer).
+func boundError(e string) string {
+	const limit = 512
+	if len(e) <= limit {
+		return e
+	}
+	e = e[len(e)-limit:]
+	for len(e) > 0 && !utf8.RuneStart(e[0]) {
+		e = e[1:]
+	}
+	return e
 }

@@ -22,3 +22,10 @@ type Runtime interface {
 	Apply(ctx context.Context, target wire.DeviceTarget) error
 	State(ctx context.Context) (map[string]wire.ReportedApp, error)
 }
+
+// Puller is a Runtime that can download an image ahead of its use: Pull fetches image into the local
+// image store without creating, stopping or changing any container, so that a later Apply naming it
+// switches without a download. Pulling an image already present is cheap and harmless.
+type Puller interface {
+	Pull(ctx context.Context, image string) error
+}

@@ -90,6 +90,40 @@ type deviceRuntime struct {
 	pulling int
 	// attempts counts the starts of each image (a retry starts it again).
 	attempts map[string]int
+	// pulled are the images downloaded ahead (Pull): starting one of them takes no pull time.
+	pulled map[string]bool
+}
+
+// Pull implements runtime.Puller: a simulated download of image (the configured pull time), changing
+// nothing that runs; a later Apply naming image starts it without pulling.
+func (r *deviceRuntime) Pull(ctx context.Context, image string) error {
+	r.mu.Lock()
+	done := r.pulled[image]
+	r.mu.Unlock()
+	if done {
+		return nil
+	}
+	t := time.NewTimer(r.pullTime(image))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return fmt.Errorf("simulated pull of %s: %w", image, ctx.Err())
+	case <-t.C:
+	}
+	r.mu.Lock()
+	if r.pulled == nil {
+		r.pulled = map[string]bool{}
+	}
+	r.pulled[image] = true
+	r.mu.Unlock()
+	return nil
+}
+
+// pulledImages lists the images downloaded ahead on this device.
+func (r *deviceRuntime) pulledImages() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Collect(maps.Keys(r.pulled))
 }
 
 // Fails reports whether the device of index ends unhealthy on image under rates and seed: the
@@ -154,7 +188,9 @@ func (r *deviceRuntime) Apply(ctx context.Context, t wire.DeviceTarget) error {
 				next[appID] = append(next[appID], p)
 				continue
 			}
-			wait = max(wait, r.pullTime(img))
+			if !r.pulled[img] {
+				wait = max(wait, r.pullTime(img))
+			}
 			if r.attempts == nil {
 				r.attempts = map[string]int{}
 			}

@@ -355,6 +355,8 @@ type Counters struct {
 	Reports    int64          // reports delivered
 	Ignored    int64          // targets ignored as not newer
 	RegErrors  int64
+	// PulledAhead counts, per image, the devices that downloaded it ahead (a target's prefetch).
+	PulledAhead map[string]int
 }
 
 // String is the one-line summary.
@@ -380,8 +382,12 @@ func (s *Sim) Counters() Counters {
 	s.mu.Lock()
 	devs := slices.Clone(s.devices)
 	s.mu.Unlock()
-	c := Counters{Devices: s.cfg.Devices, Registered: int(s.registered.Load()), Running: len(devs), ByImage: map[string]int{}, RegErrors: s.regErrors.Load()}
+	c := Counters{Devices: s.cfg.Devices, Registered: int(s.registered.Load()), Running: len(devs), ByImage: map[string]int{},
+		RegErrors: s.regErrors.Load(), PulledAhead: map[string]int{}}
 	for _, d := range devs {
+		for _, img := range d.rt.pulledImages() {
+			c.PulledAhead[img]++
+		}
 		img, healthy, failed, updating := d.rt.snapshot()
 		c.ByImage[img]++
 		if healthy {

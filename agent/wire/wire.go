@@ -6,6 +6,7 @@ package wire
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -17,9 +18,29 @@ type Target map[string]DeviceTarget
 // DeviceTarget is one device's target state. Version only ever grows; a device never applies a version
 // that is not newer than the one it has.
 type DeviceTarget struct {
-	Apps    map[string]App  `json:"apps"`
-	Config  json.RawMessage `json:"config,omitempty"`
-	Version int64           `json:"version"`
+	Apps   map[string]App  `json:"apps"`
+	Config json.RawMessage `json:"config,omitempty"`
+	// Prefetch lists images to pull ahead without changing what runs (a download-ahead rollout waiting
+	// for its maintenance window); the device reports each one pulled in Downloaded.
+	Prefetch []Prefetch `json:"prefetch,omitempty"`
+	Version  int64      `json:"version"`
+}
+
+// Prefetch is one image a target asks the device to pull ahead.
+type Prefetch struct {
+	Image     string `json:"image"`
+	RolloutID string `json:"rollout_id,omitempty"`
+}
+
+// PrefetchImages returns the distinct images of t's prefetch entries, in order.
+func (t DeviceTarget) PrefetchImages() []string {
+	var out []string
+	for _, p := range t.Prefetch {
+		if p.Image != "" && !slices.Contains(out, p.Image) {
+			out = append(out, p.Image)
+		}
+	}
+	return out
 }
 
 // App is one application of a target: a set of services run together (one compose project).
@@ -118,6 +139,10 @@ type DeviceReport struct {
 	Apps map[string]ReportedApp `json:"apps"`
 	// Version is the target version the device has applied.
 	Version int64 `json:"version"`
+	// Downloaded are the images of the target's prefetch entries the device has pulled.
+	Downloaded []string `json:"downloaded,omitempty"`
+	// DownloadErrors says, per prefetch image whose last pull failed, why (it is pulled again later).
+	DownloadErrors map[string]string `json:"downloadErrors,omitempty"`
 }
 
 // ReportedApp is one app as it runs.

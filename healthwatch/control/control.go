@@ -47,6 +47,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/device"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -423,6 +424,10 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, verb Verb, ro rollout) (
 				WHERE rollout_id = $1 AND status IN (`+lifecycle.SQL(lifecycle.Moved...)+`))`,
 			ro.id).Scan(&skipped, &moved); err != nil {
 			return nil, fmt.Errorf("skip pending devices: %w", err)
+		}
+		// Devices never dispatched no longer pull the new image ahead.
+		if _, err := target.ClearPrefetch(ctx, tx, s.subj, ro.id, nil); err != nil {
+			return nil, err
 		}
 		return []events.Event{{Type: streams.EventRolloutCancelled,
 			Message: fmt.Sprintf("rollout cancelled by operator: %d devices never dispatched skipped, %d moved devices left as they are", skipped, moved),

@@ -360,3 +360,42 @@ func TestRestartMidUpdateAdoptsAndConverges(t *testing.T) {
 		}
 	}
 }
+
+// TestPullAheadLeavesTheRunningContainer: the runtime's Pull (download ahead) brings a new image from
+// the registry into the engine while the service's container keeps running its old image untouched; an
+// apply naming the image then switches to it.
+func TestPullAheadLeavesTheRunningContainer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	web1, web2 := e.push(dockerenv.DemoappV1, "demo/ahead:1"), e.push(dockerenv.DemoappV2, "demo/ahead:2")
+	v1ID, v2ID := dockerenv.ImageID(t, dockerenv.DemoappV1), dockerenv.ImageID(t, dockerenv.DemoappV2)
+	e.apply(target(1, svc("web", web1, "")))
+	before := e.containers()["web"]
+	if before.Status != "running" || before.ImageID != v1ID {
+		t.Fatalf("web after the first apply: %+v", before)
+	}
+	if _, err := dockerenv.DockerErr(context.Background(), "image", "inspect", web2); err == nil {
+		t.Fatalf("%s is local before the pull ahead: the test would prove nothing", web2)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := e.rt.Pull(ctx, web2); err != nil {
+		t.Fatalf("pull ahead: %v", err)
+	}
+	if id := strings.TrimSpace(dockerenv.Docker(t, "image", "inspect", "--format", "{{.Id}}", web2)); id != v2ID {
+		t.Fatalf("%s is %s locally after the pull ahead, want %s", web2, id, v2ID)
+	}
+	if after := e.containers(); len(after) != 1 || after["web"].ID != before.ID || after["web"].ImageID != v1ID ||
+		after["web"].Status != "running" {
+		t.Fatalf("containers changed by the pull ahead: %+v, before %+v", after, before)
+	}
+	if st := e.state()["web"]; st.ImageName != web1 || st.Status != "running" {
+		t.Fatalf("state after the pull ahead: %+v", st)
+	}
+
+	e.apply(target(2, svc("web", web2, "")))
+	if c := e.containers()["web"]; c.Status != "running" || c.ImageID != v2ID || c.ID == before.ID {
+		t.Fatalf("web after the switch: %+v", c)
+	}
+}

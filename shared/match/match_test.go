@@ -3,8 +3,8 @@ package match_test
 import (
 	"testing"
 
-	"github.com/fleetshift/fleetshift/shared/match"
 	"github.com/fleetshift/fleetshift/shared/imageref"
+	"github.com/fleetshift/fleetshift/shared/match"
 )
 
 func ref(t *testing.T, s string) imageref.Ref {

@@ -74,6 +74,7 @@ const (
 	DefaultOfflineAction             = OfflineSkip
 	DefaultDynamicInclusion          = true
 	DefaultMaxRetries                = 0
+	DefaultDownloadAhead             = false
 )
 
 // What an offline device becomes once its offline grace has passed.
@@ -158,6 +159,10 @@ type Policy struct {
 	RateIncreaseCriteria  *string  `json:"rate_increase_criteria"`
 	RateIncreaseThreshold *int32   `json:"rate_increase_threshold"`
 	RateMaximumPerMinute  *int32   `json:"rate_maximum_per_minute"`
+	// DownloadAhead (scheduled strategy only) has the rollout's devices pull the new image as soon as
+	// the rollout is created (a prefetch entry in their targets), so that inside the maintenance window
+	// they only switch.
+	DownloadAhead bool `json:"download_ahead"`
 }
 
 // Defaults returns a policy with every default set and no pattern.
@@ -177,6 +182,7 @@ func Defaults() Policy {
 		OfflineAction:             DefaultOfflineAction,
 		DynamicInclusion:          DefaultDynamicInclusion,
 		MaxRetries:                DefaultMaxRetries,
+		DownloadAhead:             DefaultDownloadAhead,
 	}
 }
 
@@ -339,11 +345,11 @@ const Columns = `image_pattern, update_strategy, staged_batches, batch_percentag
 	auto_rollback_enabled, max_failure_rate, min_sample_size, maintenance_window_start, maintenance_window_end,
 	timezone, fleet_id, device_tags, device_uuids, priority, enabled, description, tag_policy, semver_range,
 	batch_approval, offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, rate_base_per_minute,
-	rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute`
+	rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute, download_ahead`
 
 // Placeholders are the VALUES of Columns for an INSERT or UPDATE whose first argument is Args()[0].
 const Placeholders = `$1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13::time, $14::time, $15, $16,
-	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33`
+	$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34`
 
 // Args returns the values of Columns.
 func (p Policy) Args() []any {
@@ -356,7 +362,8 @@ func (p Policy) Args() []any {
 		p.AutoRollbackEnabled, p.MaxFailureRate, p.MinSampleSize, p.MaintenanceWindowStart, p.MaintenanceWindowEnd,
 		p.Timezone, p.FleetID, p.DeviceTags, p.DeviceUUIDs, p.Priority, p.Enabled, p.Description, p.TagPolicy,
 		p.SemverRange, p.BatchApproval, p.OfflineGraceSeconds, p.OfflineAction, p.DynamicInclusion, p.MaxRetries,
-		p.RateBasePerMinute, p.RateIncrementFactor, p.RateIncreaseCriteria, p.RateIncreaseThreshold, p.RateMaximumPerMinute}
+		p.RateBasePerMinute, p.RateIncrementFactor, p.RateIncreaseCriteria, p.RateIncreaseThreshold, p.RateMaximumPerMinute,
+		p.DownloadAhead}
 }
 
 // Querier runs a query returning one row; *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
@@ -377,7 +384,7 @@ func Load(ctx context.Context, q Querier, id int64) (*Policy, error) {
 			maintenance_window_start::text, maintenance_window_end::text, timezone, fleet_id, device_tags,
 			device_uuids, priority, enabled, description, tag_policy, semver_range, batch_approval,
 			offline_grace_seconds, offline_action, dynamic_inclusion, max_retries, rate_base_per_minute,
-			rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute
+			rate_increment_factor, rate_increase_criteria, rate_increase_threshold, rate_maximum_per_minute, download_ahead
 		FROM image_update_policies WHERE id = $1`, id).Scan(
 		&p.ID, &p.ImagePattern, &p.UpdateStrategy, &p.StagedBatches, &p.BatchPercentages,
 		&p.BatchDelayMinutes, &p.BatchDelaySeconds, &p.HealthCheckEnabled, &p.HealthCheckTimeoutSeconds,
@@ -385,7 +392,7 @@ func Load(ctx context.Context, q Querier, id int64) (*Policy, error) {
 		&p.MaintenanceWindowStart, &p.MaintenanceWindowEnd, &p.Timezone, &p.FleetID, &p.DeviceTags,
 		&p.DeviceUUIDs, &p.Priority, &p.Enabled, &p.Description, &p.TagPolicy, &p.SemverRange, &p.BatchApproval,
 		&p.OfflineGraceSeconds, &p.OfflineAction, &p.DynamicInclusion, &p.MaxRetries, &p.RateBasePerMinute,
-		&p.RateIncrementFactor, &p.RateIncreaseCriteria, &p.RateIncreaseThreshold, &p.RateMaximumPerMinute)
+		&p.RateIncrementFactor, &p.RateIncreaseCriteria, &p.RateIncreaseThreshold, &p.RateMaximumPerMinute, &p.DownloadAhead)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load policy %d: %w", id, ErrNotFound)
 	}

@@ -72,6 +72,9 @@ func TestValidateNamesFieldAndShape(t *testing.T) {
 		{`{"image_pattern":"acme/app:*","update_strategy":"manual","rate_increase_criteria":"notified"}`, "rate_increase_criteria", `only applies to update_strategy "rate"`},
 		{`{"image_pattern":"acme/app:*","update_strategy":"scheduled","maintenance_window_start":"22:00","maintenance_window_end":"02:00","rate_increase_threshold":3}`, "rate_increase_threshold", `only applies`},
 		{`{"image_pattern":"acme/app:*","update_strategy":"auto","rate_maximum_per_minute":60}`, "rate_maximum_per_minute", `only applies`},
+		{`{"image_pattern":"acme/app:*","download_ahead":true}`, "download_ahead", `needs update_strategy "scheduled"`},
+		{`{"image_pattern":"acme/app:*","update_strategy":"staged","download_ahead":true}`, "download_ahead", `got "staged"`},
+		{`{"image_pattern":"acme/app:*","download_ahead":"yes"}`, "download_ahead", "expected boolean"},
 	}
 	for _, c := range cases {
 		_, err := policy.Decode([]byte(c.body))
@@ -137,9 +140,12 @@ func TestDefaultsMatchSchema(t *testing.T) {
 		"batch_delay_seconds":30,"health_check_config":{"http":"/health"},"max_failure_rate":0.5,"min_sample_size":4,
 		"maintenance_window_start":"22:00","maintenance_window_end":"04:30","timezone":"Europe/Berlin","fleet_id":"f1",
 		"device_tags":{"env":"prod"},"device_uuids":["d-1"],"priority":-3,"tag_policy":"semver","semver_range":">=1.0.0",
-		"batch_approval":true,"description":"nightly"}`))
+		"batch_approval":true,"description":"nightly","download_ahead":true}`))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !in.DownloadAhead {
+		t.Fatal("download_ahead of a scheduled policy not kept")
 	}
 	if err := db.Pool.QueryRow(ctx, `INSERT INTO image_update_policies (`+policy.Columns+`) VALUES (`+policy.Placeholders+`)
 		RETURNING id`, in.Args()...).Scan(&in.ID); err != nil {

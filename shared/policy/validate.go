@@ -51,6 +51,7 @@ type Input struct {
 	RateIncreaseCriteria      *string         `json:"rate_increase_criteria"`
 	RateIncreaseThreshold     *int32          `json:"rate_increase_threshold"`
 	RateMaximumPerMinute      *int32          `json:"rate_maximum_per_minute"`
+	DownloadAhead             *bool           `json:"download_ahead"`
 
 	ID        json.RawMessage `json:"id"`
 	CreatedAt json.RawMessage `json:"created_at"`
@@ -269,6 +270,11 @@ func (in Input) Validate() (Policy, error) {
 	}
 	if err := in.validateRate(&p); err != nil {
 		return p, err
+	}
+	p.DownloadAhead = orDefault(in.DownloadAhead, DefaultDownloadAhead)
+	if p.DownloadAhead && p.UpdateStrategy != Scheduled {
+		return p, apierr.Invalid("download_ahead", "needs update_strategy %q (devices download ahead of a maintenance window), got %q",
+			Scheduled, p.UpdateStrategy)
 	}
 	return p, nil
 }

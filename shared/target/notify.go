@@ -23,6 +23,9 @@ type Current struct {
 	// Apps and Config are the stored JSON documents, never empty ("{}" when nothing is set).
 	Apps   json.RawMessage
 	Config json.RawMessage
+	// Prefetch is the device's prefetch list (a JSON array of {"image", "rollout_id"}: images to pull
+	// ahead without changing what runs); nil or "[]" when there is none.
+	Prefetch json.RawMessage
 	// Version is the target generation; it never goes backwards.
 	Version int64
 	// ETag is the unquoted entity tag of this generation.
@@ -41,7 +44,7 @@ func Load(ctx context.Context, q Querier, uuids []string) ([]Current, error) {
 	if len(uuids) == 0 {
 		return nil, nil
 	}
-	rows, err := q.Query(ctx, `SELECT device_uuid, apps, config, version, etag
+	rows, err := q.Query(ctx, `SELECT device_uuid, apps, config, prefetch, version, etag
 		FROM device_target_state WHERE device_uuid = ANY($1)`, uuids)
 	if err != nil {
 		return nil, fmt.Errorf("load targets of %d devices: %w", len(uuids), err)
@@ -49,12 +52,12 @@ func Load(ctx context.Context, q Querier, uuids []string) ([]Current, error) {
 	out := make([]Current, 0, len(uuids))
 	for rows.Next() {
 		var c Current
-		var apps, cfg []byte
-		if err := rows.Scan(&c.DeviceUUID, &apps, &cfg, &c.Version, &c.ETag); err != nil {
+		var apps, cfg, prefetch []byte
+		if err := rows.Scan(&c.DeviceUUID, &apps, &cfg, &prefetch, &c.Version, &c.ETag); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("load targets: %w", err)
 		}
-		c.Apps, c.Config = orEmpty(apps), orEmpty(cfg)
+		c.Apps, c.Config, c.Prefetch = orEmpty(apps), orEmpty(cfg), prefetch
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -71,7 +74,7 @@ func orEmpty(b []byte) json.RawMessage {
 }
 
 // Message returns the notification of c: a streams.TargetV1 document {"<uuid>": {apps, config,
-// version}} on subj.DeviceTarget(uuid), with Nats-Msg-Id "<uuid>-<version>" so that notifying the same
+// prefetch (only when not empty), version}} on subj.DeviceTarget(uuid), with Nats-Msg-Id "<uuid>-<version>" so that notifying the same
 // generation twice is dropped by JetStream as a duplicate.
 func Message(subj streams.Subjects, c Current) *nats.Msg {
 	return &nats.Msg{
@@ -98,13 +101,17 @@ func OutboxMessage(subj streams.Subjects, c Current) outbox.Message {
 func encode(c Current) []byte {
 	key, _ := json.Marshal(c.DeviceUUID) // a string always encodes
 	apps, cfg := orEmpty(c.Apps), orEmpty(c.Config)
-	b := make([]byte, 0, len(key)+len(apps)+len(cfg)+48)
+	b := make([]byte, 0, len(key)+len(apps)+len(cfg)+len(c.Prefetch)+60)
 	b = append(b, '{')
 	b = append(b, key...)
 	b = append(b, `:{"apps":`...)
 	b = append(b, apps...)
 	b = append(b, `,"config":`...)
 	b = append(b, cfg...)
+	if HasPrefetch(c.Prefetch) {
+		b = append(b, `,"prefetch":`...)
+		b = append(b, c.Prefetch...)
+	}
 	b = append(b, `,"version":`...)
 	b = strconv.AppendInt(b, c.Version, 10)
 	b = append(b, "}}"...)

@@ -53,7 +53,8 @@ func Save(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []Write)
 	return written, nil
 }
 
-// Apply writes target states set-based: one COPY of the new documents into a temporary table and one
+// Apply writes target states set-based (a device's prefetch entries whose image one of its services
+// now runs are dropped; the others are kept): one COPY of the new documents into a temporary table and one
 // statement each for the targets and the image index, whatever the number of devices. Every write
 // bumps the device's version (a generation that never goes backwards) and its ETag. Image-index rows
 // that did not change are left alone, so a dispatch that moves one service of many touches one row
@@ -102,6 +103,8 @@ func Apply(ctx context.Context, tx pgx.Tx, writes []Write) ([]Written, error) {
 		FROM target_writes w
 		ON CONFLICT (device_uuid) DO UPDATE SET
 			apps = EXCLUDED.apps,
+			prefetch = `+dropPrefetch(`EXISTS (SELECT 1 FROM image_writes i
+				WHERE i.device_uuid = t.device_uuid AND i.image = x.e->>'image')`)+`,
 			config = COALESCE((SELECT w2.config FROM target_writes w2 WHERE w2.device_uuid = t.device_uuid), t.config),
 			version = t.version + 1,
 			etag = (t.version + 1)::text || '-' || left(md5(EXCLUDED.apps::text ||
@@ -189,7 +192,7 @@ type ImageWrite struct {
 }
 
 // ApplyImage writes w set-based: one UPDATE of the targets (each bumps its version and ETag, as Apply
-// does) and one UPDATE of the image index rows of Repository, whatever the number of devices; every
+// does, and loses the prefetch entries of Image: the image now runs) and one UPDATE of the image index rows of Repository, whatever the number of devices; every
 // new document is sent and parsed once. Devices without a target state are left out. It returns the
 // new targets as written (Apps shares the bytes of w.Docs), for notifications.
 //
@@ -216,6 +219,7 @@ func ApplyImage(ctx context.Context, tx pgx.Tx, w ImageWrite) ([]Current, error)
 	rows, err := tx.Query(ctx, `
 		UPDATE device_target_state t SET
 			apps = n.apps,
+			prefetch = `+dropPrefetch(`x.e->>'image' = $4`)+`,
 			version = t.version + 1,
 			etag = (t.version + 1)::text || '-' || left(md5(n.apps::text || t.config::text), 12),
 			updated_at = now()
@@ -223,7 +227,7 @@ func ApplyImage(ctx context.Context, tx pgx.Tx, w ImageWrite) ([]Current, error)
 		      FROM unnest($1::text[], $2::int[]) AS u(device_uuid, doc)
 		      JOIN unnest($3::jsonb[]) WITH ORDINALITY AS d(apps, doc) ON d.doc = u.doc + 1) n
 		WHERE t.device_uuid = n.device_uuid
-		RETURNING t.device_uuid, t.version, t.etag, t.config`, w.Devices, w.Doc, docs)
+		RETURNING t.device_uuid, t.version, t.etag, t.config, t.prefetch`, w.Devices, w.Doc, docs, w.Image)
 	if err != nil {
 		return nil, fmt.Errorf("write %d targets: %w", len(w.Devices), err)
 	}
@@ -235,7 +239,7 @@ func ApplyImage(ctx context.Context, tx pgx.Tx, w ImageWrite) ([]Current, error)
 	for rows.Next() {
 		var c Current
 		var cfg []byte
-		if err := rows.Scan(&c.DeviceUUID, &c.Version, &c.ETag, &cfg); err != nil {
+		if err := rows.Scan(&c.DeviceUUID, &c.Version, &c.ETag, &cfg, &c.Prefetch); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("write %d targets: %w", len(w.Devices), err)
 		}

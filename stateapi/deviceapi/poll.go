@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetshift/fleetshift/shared/apierr"
+	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/stateapi/internal/devicestore"
 	"github.com/fleetshift/fleetshift/stateapi/internal/httpio"
 	"github.com/fleetshift/fleetshift/streams"
@@ -63,14 +64,15 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 		stored         []byte
 		revoked        bool
 		apps, cfg      []byte
+		prefetch       []byte
 		version        int64
 		etag           string
 		deviceNotFound bool
 	)
-	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.api_key_hash, d.revoked_at IS NOT NULL, t.apps, t.config,
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.api_key_hash, d.revoked_at IS NOT NULL, t.apps, t.config, t.prefetch,
 			coalesce(t.version, 0), coalesce(t.etag, '0')
 		FROM devices d LEFT JOIN device_target_state t ON t.device_uuid = d.uuid WHERE d.uuid = $1`, id).
-		Scan(&stored, &revoked, &apps, &cfg, &version, &etag)
+		Scan(&stored, &revoked, &apps, &cfg, &prefetch, &version, &etag)
 	if errors.Is(err, pgx.ErrNoRows) {
 		deviceNotFound = true
 	} else if err != nil {
@@ -79,7 +81,7 @@ func (s *Service) deviceState(c *fiber.Ctx) error {
 	if deviceNotFound || revoked || !bytes.Equal(stored, hash[:]) {
 		return s.refuseKey(ctx, hash)
 	}
-	body, err := targetBody(id, apps, cfg, version)
+	body, err := targetBody(id, apps, cfg, prefetch, version)
 	if err != nil {
 		return err
 	}
@@ -132,15 +134,19 @@ func sendState(c *fiber.Ctx, etag string, body []byte) error {
 	return c.Status(fiber.StatusOK).Send(body)
 }
 
-// targetBody renders the device state document: {"<uuid>": {"apps", "config", "version"}}.
-func targetBody(uuid string, apps, cfg []byte, version int64) ([]byte, error) {
+// targetBody renders the device state document: {"<uuid>": {"apps", "config", "prefetch"?, "version"}}
+// ("prefetch" only when it holds an entry, as in the target messages).
+func targetBody(uuid string, apps, cfg, prefetch []byte, version int64) ([]byte, error) {
 	if len(apps) == 0 {
 		apps = []byte("{}")
 	}
 	if len(cfg) == 0 {
 		cfg = []byte("{}")
 	}
-	b, err := json.Marshal(streams.TargetV1{uuid: {Apps: apps, Config: cfg, Version: version}})
+	if !target.HasPrefetch(prefetch) {
+		prefetch = nil
+	}
+	b, err := json.Marshal(streams.TargetV1{uuid: {Apps: apps, Config: cfg, Prefetch: prefetch, Version: version}})
 	if err != nil {
 		return nil, fmt.Errorf("encode target of %s: %w", uuid, err)
 	}

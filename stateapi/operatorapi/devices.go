@@ -235,13 +235,14 @@ func (s *Service) getDeviceTarget(c *fiber.Ctx) error {
 		UUID      string          `json:"uuid"`
 		Apps      json.RawMessage `json:"apps"`
 		Config    json.RawMessage `json:"config"`
+		Prefetch  json.RawMessage `json:"prefetch"`
 		Version   int64           `json:"version"`
 		ETag      string          `json:"etag"`
 		UpdatedAt time.Time       `json:"updated_at"`
 	}
 	var apps, cfg []byte
-	err = s.cfg.Pool.QueryRow(c.UserContext(), `SELECT apps, config, version, etag, updated_at
-		FROM device_target_state WHERE device_uuid = $1`, id).Scan(&apps, &cfg, &out.Version, &out.ETag, &out.UpdatedAt)
+	err = s.cfg.Pool.QueryRow(c.UserContext(), `SELECT apps, config, prefetch, version, etag, updated_at
+		FROM device_target_state WHERE device_uuid = $1`, id).Scan(&apps, &cfg, &out.Prefetch, &out.Version, &out.ETag, &out.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apierr.New(apierr.ErrNotFound, "target_not_found", "device %s has no target state", id)
 	}

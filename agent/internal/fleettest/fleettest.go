@@ -357,13 +357,30 @@ func (s *Server) SetTarget(uuid string, apps map[string]wire.App) wire.DeviceTar
 
 // SetTargetOK is SetTarget reporting whether the device exists.
 func (s *Server) SetTargetOK(uuid string, apps map[string]wire.App) (wire.DeviceTarget, bool) {
+	return s.setTarget(uuid, apps, nil)
+}
+
+// SetTargetPrefetch is SetTarget with prefetch entries: images to pull ahead.
+func (s *Server) SetTargetPrefetch(uuid string, apps map[string]wire.App, prefetch ...string) wire.DeviceTarget {
+	var entries []wire.Prefetch
+	for _, img := range prefetch {
+		entries = append(entries, wire.Prefetch{Image: img, RolloutID: "r-" + img})
+	}
+	t, ok := s.setTarget(uuid, apps, entries)
+	if !ok {
+		s.t.Errorf("set target: no device %s", uuid)
+	}
+	return t
+}
+
+func (s *Server) setTarget(uuid string, apps map[string]wire.App, prefetch []wire.Prefetch) (wire.DeviceTarget, bool) {
 	s.mu.Lock()
 	d, ok := s.devices[uuid]
 	if !ok {
 		s.mu.Unlock()
 		return wire.DeviceTarget{}, false
 	}
-	d.target = wire.DeviceTarget{Apps: apps, Config: json.RawMessage(`{}`), Version: d.target.Version + 1}
+	d.target = wire.DeviceTarget{Apps: apps, Config: json.RawMessage(`{}`), Prefetch: prefetch, Version: d.target.Version + 1}
 	t := d.target
 	s.mu.Unlock()
 	if s.js != nil {

@@ -158,6 +158,19 @@ func (r *Runtime) Apply(ctx context.Context, t wire.DeviceTarget) error {
 	return errors.Join(errs...)
 }
 
+// Pull implements runtime.Puller: `docker pull image`, beside whatever runs (no container is created,
+// stopped or changed, and applies are not held up). A later Apply naming the image finds it locally.
+func (r *Runtime) Pull(ctx context.Context, image string) error {
+	if image == "" || strings.HasPrefix(image, "-") {
+		return fmt.Errorf("pull %q: not an image reference", image)
+	}
+	args := []string{"pull", "--quiet", image}
+	if _, err := r.run(ctx, r.cfg.Docker, args, args[:1]); err != nil {
+		return fmt.Errorf("pull %s ahead: %w", image, err)
+	}
+	return nil
+}
+
 func (r *Runtime) removeApp(ctx context.Context, id string) error {
 	if _, err := r.compose(ctx, id, "down", "--remove-orphans"); err != nil {
 		return fmt.Errorf("remove app %s: %w", id, err)

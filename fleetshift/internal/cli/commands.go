@@ -280,6 +280,7 @@ var policyFields = []struct{ name, kind, usage string }{
 	{"rate_increase_criteria", "string", "rate strategy: notified or succeeded devices count towards a raise (default succeeded)"},
 	{"rate_increase_threshold", "int", "rate strategy: raise the rate each time this many more devices met the criteria (default: the base rate)"},
 	{"rate_maximum_per_minute", "int", "rate strategy: never raise the rate above this (default: 10 x the base rate)"},
+	{"download_ahead", "bool", "scheduled only: devices pull the new image before the window opens, switch inside it"},
 }
 
 func policyWriteCmd(g *globals, use, short, method string, args cobra.PositionalArgs, path func([]string) string) *cobra.Command {

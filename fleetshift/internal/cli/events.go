@@ -119,26 +119,35 @@ func printEvent(g *globals, data []byte) error {
 	default:
 		_, err := fmt.Fprintf(g.out, "%s  %-28s %s %s %s\n", ev.Timestamp.Local().Format(time.TimeOnly), ev.Type,
 			cmp.Or(ev.RolloutID, "-"), cmp.Or(ev.DeviceUUID, "-"), ev.Message)
-		if err != nil || ev.Type != streams.EventBatchDevicesScheduled {
+		if err != nil {
 			return err
 		}
-		return printScheduledDevices(g, ev.Data)
+		switch ev.Type {
+		case streams.EventBatchDevicesScheduled:
+			return printEventDevices(g, ev.Data, "scheduled")
+		case streams.EventDevicesDownloaded:
+			return printEventDevices(g, ev.Data, "downloaded")
+		}
+		return nil
 	}
 }
 
 // scheduledPerLine is how many device uuids one continuation line of a batch event shows.
 const scheduledPerLine = 4
 
-// printScheduledDevices lists the devices of an image.batch_devices_scheduled event under its line,
-// indented, a few per line, so a tail still shows which devices moved.
-func printScheduledDevices(g *globals, data []byte) error {
-	var d streams.BatchDevicesScheduledV1
+// printEventDevices lists the devices of an event naming many (image.batch_devices_scheduled,
+// image.device_downloaded) under its line, indented, a few per line, so a tail still shows which
+// devices moved.
+func printEventDevices(g *globals, data []byte, what string) error {
+	var d struct {
+		Devices []string `json:"devices"`
+	}
 	if err := json.Unmarshal(data, &d); err != nil || len(d.Devices) == 0 {
 		return nil // an event we cannot read further still had its line
 	}
 	for lo := 0; lo < len(d.Devices); lo += scheduledPerLine {
 		line := strings.Join(d.Devices[lo:min(lo+scheduledPerLine, len(d.Devices))], " ")
-		if _, err := fmt.Fprintf(g.out, "          scheduled: %s\n", line); err != nil {
+		if _, err := fmt.Fprintf(g.out, "          %s: %s\n", what, line); err != nil {
 			return err
 		}
 	}

@@ -95,7 +95,7 @@ func rolloutShowCmd(g *globals) *cobra.Command {
 			var rows [][]string
 			for _, k := range []string{"rollout_id", "image_name", "old_tag", "new_tag", "new_digest", "strategy", "status",
 				"auto_paused", "current_batch", "total_devices", "updated_devices", "failed_devices", "rolled_back_devices",
-				"failure_rate", "progress_percent", "rate_per_minute", "rate_dispatched", "policy_id", "superseded_by",
+				"downloaded_devices", "failure_rate", "progress_percent", "rate_per_minute", "rate_dispatched", "policy_id", "superseded_by",
 				"next_batch_at", "created_at", "started_at", "completed_at", "paused_at"} {
 				if obj["strategy"] != "rate" && (k == "rate_per_minute" || k == "rate_dispatched") {
 					continue // the rate of a rate rollout only
@@ -321,8 +321,8 @@ func rolloutSubListCmd(g *globals, use, short, sub string, cols []string, header
 
 func rolloutDevicesCmd(g *globals) *cobra.Command {
 	return rolloutSubListCmd(g, "devices ROLLOUT_ID", "List a rollout's devices, e.g. --status failed", "devices",
-		[]string{"batch_number", "device_uuid", "device_name", "status", "old_image_tag", "new_image_tag", "retry_count", "failure_reason", "updated_at"},
-		[]string{"BATCH", "DEVICE", "NAME", "STATUS", "OLD", "NEW", "RETRIES", "REASON", "UPDATED"},
+		[]string{"batch_number", "device_uuid", "device_name", "status", "old_image_tag", "new_image_tag", "retry_count", "downloaded_at", "failure_reason", "updated_at"},
+		[]string{"BATCH", "DEVICE", "NAME", "STATUS", "OLD", "NEW", "RETRIES", "DOWNLOADED", "REASON", "UPDATED"},
 		func(c *cobra.Command, q url.Values) {
 			queryFlag(c, q, "status", "only devices in these statuses (comma-separated: pending, scheduled, updating, health_checking, completed, failed, rolled_back, skipped)")
 		})

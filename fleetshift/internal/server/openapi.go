@@ -186,7 +186,7 @@ func schemas() map[string]any {
 		"tag_policy":   map[string]any{"type": "string", "enum": []string{"glob", "semver"}},
 		"semver_range": str, "batch_approval": boolean,
 		"offline_grace_seconds": integer, "offline_action": map[string]any{"type": "string", "enum": []string{"skip", "fail"}},
-		"dynamic_inclusion": boolean, "max_retries": integer, "created_at": stamp, "updated_at": stamp,
+		"dynamic_inclusion": boolean, "max_retries": integer, "download_ahead": boolean, "created_at": stamp, "updated_at": stamp,
 		"rate_base_per_minute": integer, "rate_increment_factor": number,
 		"rate_increase_criteria":  map[string]any{"type": "string", "enum": []string{"notified", "succeeded"}},
 		"rate_increase_threshold": integer, "rate_maximum_per_minute": integer,
@@ -196,12 +196,13 @@ func schemas() map[string]any {
 		"strategy": str, "status": str, "current_batch": integer, "total_batches": integer,
 		"batch_sizes": map[string]any{"type": "array", "items": integer}, "total_devices": integer,
 		"updated_devices": integer, "failed_devices": integer, "healthy_devices": integer, "rolled_back_devices": integer,
-		"failure_rate": number, "auto_paused": boolean, "created_at": stamp, "started_at": stamp, "completed_at": stamp,
+		"downloaded_devices": integer, "failure_rate": number, "auto_paused": boolean, "created_at": stamp, "started_at": stamp, "completed_at": stamp,
 		"next_batch_at": stamp, "rate_per_minute": integer, "rate_dispatched": integer, "rate_raised_at": integer,
 	})
 	device := obj(map[string]any{"uuid": str, "device_name": str, "fleet_id": str, "tags": strs, "is_online": boolean,
 		"last_seen_at": stamp, "created_at": stamp})
-	target := obj(map[string]any{"apps": anyObj, "config": anyObj, "version": integer})
+	target := obj(map[string]any{"apps": anyObj, "config": anyObj, "version": integer,
+		"prefetch": map[string]any{"type": "array", "items": obj(map[string]any{"image": str, "rollout_id": str})}})
 	notification := obj(map[string]any{"id": str, "name": str, "url": str, "format": str, "event_types": strs,
 		"created_by": str, "created_at": stamp, "secret": str, "pending": integer, "delivered": integer, "failed": integer,
 		"latest_delivery": obj(map[string]any{"id": integer, "event_type": str,

@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetshift/fleetshift/agent/sim"
+	"github.com/fleetshift/fleetshift/shared/wait"
+)
+
+// TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside: a scheduled download_ahead rollout pushed
+// outside its maintenance window has every simulated device pull the new image at once (each row gets
+// downloaded_at, downloaded_devices counts them, image.device_downloaded names them) while their targets
+// still run the old image and nothing is dispatched; inside the window the devices switch and the
+// rollout completes, with no prefetch entry left. The API and the CLI show the download; download_ahead
+// on another strategy is refused and stores nothing.
+func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
+	t.Parallel()
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	e := newEnv(t)
+	e.startClocked(clock, 0)
+	r := e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"download_ahead": true}), 400)
+	if !strings.Contains(string(r.body), `"download_ahead"`) || e.countRows(`SELECT count(*) FROM image_update_policies`) != 0 {
+		t.Fatalf("download_ahead on a staged policy: %s", r.body)
+	}
+	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true, "batch_delay_seconds": 0}), 201)
+	const n = 6
+	// Pulls take long enough that a switch from an image already there is visibly not a pull.
+	s := e.runSim("ahead", n, []string{"acme/app:1.0"}, func(c *sim.Config) { c.PullMin, c.PullMax = 300*time.Millisecond, 600*time.Millisecond })
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == n })
+
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	wait.For(t, 60*time.Second, func() error {
+		if got := e.countRows(`SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND downloaded_at IS NOT NULL`, id); got != n {
+			return fmt.Errorf("%d of %d devices downloaded", got, n)
+		}
+		if got := e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id); got != n {
+			return fmt.Errorf("downloaded_devices %d, want %d", got, n)
+		}
+		return nil
+	})
+	if c := s.Counters(); c.PulledAhead["acme/app:2.0"] != n || c.ByImage["acme/app:1.0"] != n {
+		t.Fatalf("simulator after the download: %s, pulled ahead %v", c, c.PulledAhead)
+	}
+	if ro := e.rollout(id); ro.Status != "scheduled" || ro.CurrentBatch != 0 || e.movedTargets("acme/app:2.0") != 0 ||
+		e.deviceStatuses(id)["pending"] != n {
+		t.Fatalf("dispatched before the window: %+v, %d targets moved, %v", ro, e.movedTargets("acme/app:2.0"), e.deviceStatuses(id))
+	}
+	if got := e.countRows(`SELECT count(*) FROM device_target_state WHERE prefetch @> jsonb_build_array(jsonb_build_object(
+		'image', 'acme/app:2.0', 'rollout_id', $1::text))`, id); got != n {
+		t.Fatalf("%d targets carry the prefetch entry, want %d", got, n)
+	}
+	if got := e.countRows(`SELECT coalesce(sum((data->>'count')::int), 0) FROM rollout_events
+		WHERE rollout_id = $1 AND event_type = 'image.device_downloaded'`, id); got != n {
+		t.Fatalf("image.device_downloaded events name %d devices, want %d", got, n)
+	}
+	var view struct {
+		Downloaded int `json:"downloaded_devices"`
+	}
+	e.admin("GET", "/api/v1/rollouts/"+id, nil, 200).json(t, &view)
+	var devs struct {
+		Devices []struct {
+			UUID         string     `json:"device_uuid"`
+			DownloadedAt *time.Time `json:"downloaded_at"`
+		} `json:"devices"`
+	}
+	e.admin("GET", "/api/v1/rollouts/"+id+"/devices", nil, 200).json(t, &devs)
+	if view.Downloaded != n || len(devs.Devices) != n {
+		t.Fatalf("API: downloaded_devices %d, %d device rows", view.Downloaded, len(devs.Devices))
+	}
+	for _, d := range devs.Devices {
+		if d.DownloadedAt == nil {
+			t.Fatalf("API: device %s has no downloaded_at", d.UUID)
+		}
+	}
+	var tgt struct {
+		Apps     map[string]any `json:"apps"`
+		Prefetch []struct {
+			Image     string `json:"image"`
+			RolloutID string `json:"rollout_id"`
+		} `json:"prefetch"`
+	}
+	e.admin("GET", "/api/v1/devices/"+devs.Devices[0].UUID+"/target-state", nil, 200).json(t, &tgt)
+	if len(tgt.Prefetch) != 1 || tgt.Prefetch[0].Image != "acme/app:2.0" || tgt.Prefetch[0].RolloutID != id {
+		t.Fatalf("API target-state prefetch %+v", tgt.Prefetch)
+	}
+	var out syncBuffer
+	if err := e.fleetshift(context.Background(), &out, e.srv.AdminToken, "rollouts", "devices", id); err != nil {
+		t.Fatalf("rollouts devices: %v\n%s", err, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != n+1 || !strings.Contains(lines[0], "DOWNLOADED") || !strings.Contains(lines[1], time.Now().UTC().Format("2006-")) {
+		t.Fatalf("rollouts devices table:\n%s", out.String())
+	}
+
+	// 23:30 Berlin: inside the window. Every device switches; the rollout completes; no entry is left.
+	clock.Set(time.Date(2030, 1, 15, 23, 30, 0, 0, berlin))
+	e.waitStatus(id, 90*time.Second, "completed")
+	waitSim(t, s, 30*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == n })
+	if got := e.countRows(`SELECT count(*) FROM device_target_state WHERE prefetch <> '[]'::jsonb`); got != 0 {
+		t.Fatalf("%d targets still carry a prefetch entry after the rollout", got)
+	}
+	if ro := e.rollout(id); ro.Updated != n || e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id) != n {
+		t.Fatalf("completed rollout: %+v", ro)
+	}
+}
+
+// TestCancelledDownloadAheadRolloutClearsPrefetch: devices polling over HTTP get the prefetch entry and
+// download; cancelling the rollout while it waits for its window removes the prefetch entries of its devices (a new target version each), the devices stop
+// reporting the image downloaded, and nothing ever moves to the new image.
+func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
+	t.Parallel()
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	e := newEnv(t)
+	e.startClocked(clock, 0)
+	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true}), 201)
+	const n = 3
+	// Over HTTP polling: the prefetch entry reaches devices in the polled document too.
+	s := e.runSim("cancel-ahead", n, []string{"acme/app:1.0"}, func(c *sim.Config) { c.Transport = sim.TransportHTTP })
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == n })
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	wait.For(t, 60*time.Second, func() error {
+		if got := e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id); got != n {
+			return fmt.Errorf("downloaded_devices %d, want %d", got, n)
+		}
+		return nil
+	})
+	versions := e.countRows(`SELECT sum(version)::int FROM device_target_state`)
+
+	_, op := e.operatorToken("canceller", "operate")
+	if r := e.httpVerb(op, "cancel", id, ""); r.Code != 200 || r.Status != "cancelled" {
+		t.Fatalf("cancel: %+v", r)
+	}
+	if got := e.countRows(`SELECT count(*) FROM device_target_state WHERE prefetch <> '[]'::jsonb`); got != 0 {
+		t.Fatalf("%d targets still carry a prefetch entry after the cancel", got)
+	}
+	if got := e.countRows(`SELECT sum(version)::int FROM device_target_state`); got != versions+n {
+		t.Fatalf("target versions sum %d after the cancel, want %d (one new version per device)", got, versions+n)
+	}
+	// The devices hear of it: their current state no longer lists the image downloaded.
+	wait.For(t, 30*time.Second, func() error {
+		if got := e.countRows(`SELECT count(*) FROM device_current_state WHERE report ? 'downloaded'`); got != 0 {
+			return fmt.Errorf("%d devices still report downloaded", got)
+		}
+		return nil
+	})
+	// Inside the window nothing moves: the rollout is over.
+	clock.Set(time.Date(2030, 1, 15, 23, 30, 0, 0, berlin))
+	time.Sleep(2 * time.Second)
+	if e.movedTargets("acme/app:2.0") != 0 || s.Counters().ByImage["acme/app:1.0"] != n {
+		t.Fatalf("a cancelled rollout moved devices: %s", s.Counters())
+	}
+}

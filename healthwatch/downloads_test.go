@@ -1,0 +1,116 @@
+package healthwatch
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetshift/fleetshift/shared/target"
+	"github.com/fleetshift/fleetshift/streams"
+)
+
+// TestDownloadedReportsAreRecordedOnce: reports saying the rollout's new image was downloaded ahead set
+// downloaded_at on those devices' rows, move downloaded_devices and record one image.device_downloaded
+// naming them; a redelivery, a later report saying it again, or a report naming another image changes
+// nothing; statuses are not moved by a download.
+func TestDownloadedReportsAreRecordedOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("dl", 4, "fleet-dl", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{2, 2}})
+	s := b.newService()
+	downloaded := func(device, image string) report {
+		r := decodeReport(t, device, web(device, oldImg, "running", ""))
+		r.body.Downloaded = []string{image}
+		return r
+	}
+	batch := []report{downloaded(devs[0], newImg), downloaded(devs[2], newImg), downloaded(devs[3], newImg),
+		downloaded(devs[1], "acme/app:9.9")}
+	require.NoError(t, s.applyReports(b.ctx, batch))
+	at := func() map[string]*time.Time {
+		rows, err := b.pool.Query(b.ctx, `SELECT device_uuid, downloaded_at FROM device_rollout_status WHERE rollout_id = $1`, id)
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]*time.Time{}
+		for rows.Next() {
+			var u string
+			var ts *time.Time
+			require.NoError(t, rows.Scan(&u, &ts))
+			out[u] = ts
+		}
+		return out
+	}
+	first := at()
+	for i, d := range devs {
+		if (first[d] != nil) != (i != 1) {
+			t.Fatalf("downloaded_at of %s: %v", d, first[d])
+		}
+	}
+	var counter int
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id).Scan(&counter))
+	require.Equal(t, 3, counter)
+	require.Equal(t, statusScheduled, b.status(id, devs[0]), "a download moved the device's status")
+	require.Equal(t, statusPending, b.status(id, devs[2]), "a download moved the device's status")
+	events := func() []streams.DevicesDownloadedV1 {
+		rows, err := b.pool.Query(b.ctx, `SELECT data FROM rollout_events WHERE rollout_id = $1 AND event_type = $2 ORDER BY id`,
+			id, streams.EventDevicesDownloaded)
+		require.NoError(t, err)
+		defer rows.Close()
+		var out []streams.DevicesDownloadedV1
+		for rows.Next() {
+			var raw []byte
+			require.NoError(t, rows.Scan(&raw))
+			var d streams.DevicesDownloadedV1
+			require.NoError(t, json.Unmarshal(raw, &d))
+			out = append(out, d)
+		}
+		return out
+	}
+	want := streams.DevicesDownloadedV1{NewImage: newImg, Chunk: 1, Chunks: 1, Count: 3, Devices: []string{devs[0], devs[2], devs[3]}}
+	require.Equal(t, []streams.DevicesDownloadedV1{want}, events())
+
+	// Redelivered, and said again by a later report: nothing changes.
+	require.NoError(t, s.applyReports(b.ctx, batch))
+	require.NoError(t, s.applyReports(b.ctx, []report{downloaded(devs[0], newImg)}))
+	require.Equal(t, first, at())
+	require.Len(t, events(), 1)
+	b.checkCounters(id)
+}
+
+// TestRollbackClearsPendingPrefetch: rolling back a device never dispatched, then the whole rollout,
+// removes the prefetch entries the rollout had given its pending devices (new target versions), so they
+// stop pulling an image that will not come.
+func TestRollbackClearsPendingPrefetch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("rbpf", 4, "fleet-rbpf", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 3}, policy: map[string]any{"download_ahead": true}})
+	b.tx(func(tx pgx.Tx) {
+		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
+		require.NoError(t, err)
+	})
+	prefetched := func(u string) (bool, int64) {
+		var has bool
+		var v int64
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT prefetch <> '[]'::jsonb, version FROM device_target_state WHERE device_uuid = $1`, u).
+			Scan(&has, &v))
+		return has, v
+	}
+	_, v2 := prefetched(devs[2])
+	require.NoError(t, RollbackDevice(b.ctx, b.pool, b.subj, id, devs[1], "test"))
+	if has, _ := prefetched(devs[1]); has {
+		t.Fatal("the rolled-back pending device keeps its prefetch entry")
+	}
+	if has, v := prefetched(devs[2]); !has || v != v2 {
+		t.Fatal("rolling back one device touched another's target")
+	}
+	require.NoError(t, RollbackAll(b.ctx, b.pool, b.subj, id, "test"))
+	for _, u := range devs[2:] {
+		if has, v := prefetched(u); has || v != v2+1 {
+			t.Fatalf("%s after rollback-all: prefetch %v version %d (want none, version %d)", u, has, v, v2+1)
+		}
+	}
+}
