@@ -47,8 +47,10 @@ type Config struct {
 	// NATSURL overrides the NATS url handed out at registration; DisableNATS turns NATS off.
 	NATSURL     string
 	DisableNATS bool
-	// NATSOptions are appended to the agent's own connection options.
+	// NATSOptions are appended to the agent's own nats.go connection options (when Dial is unset).
 	NATSOptions []nats.Option
+	// Dial opens the NATS connection (default: NATSGoDialer(NATSOptions...)).
+	Dial Dialer
 	// Prefix is the subject prefix (default "fleet").
 	Prefix string
 	// Runtime runs the device's apps (required).
@@ -108,7 +110,7 @@ type Agent struct {
 	pendingFlag  atomic.Bool
 	polls        atomic.Int64
 	subDenied    atomic.Bool
-	nc           *nats.Conn
+	nc           Conn
 	seen         int64
 	current      wire.DeviceTarget
 	failed       *wire.DeviceTarget
@@ -253,44 +255,39 @@ func (a *Agent) jitter(d time.Duration) time.Duration {
 }
 
 func (a *Agent) connectNATS() error {
-	opts := []nats.Option{
-		nats.Name("fleetshift-agent " + a.cfg.Identity.UUID),
-		nats.UserInfo(a.cfg.Identity.UUID, a.cfg.Identity.APIKey),
-		nats.CustomInboxPrefix(a.inboxPrefix),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(2 * time.Second),
-		nats.ReconnectJitter(3*time.Second, 5*time.Second),
-		nats.IgnoreAuthErrorAbort(),
-		// No buffering while disconnected: a report that cannot go now stays pending in the agent.
-		nats.ReconnectBufSize(-1),
-		nats.ConnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
-		nats.ReconnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+	dial := a.cfg.Dial
+	if dial == nil {
+		dial = NATSGoDialer(a.cfg.NATSOptions...)
+	}
+	nc, err := dial(ConnSpec{
+		URL:         a.cfg.NATSURL,
+		Name:        "fleetshift-agent " + a.cfg.Identity.UUID,
+		User:        a.cfg.Identity.UUID,
+		Password:    a.cfg.Identity.APIKey,
+		InboxPrefix: a.inboxPrefix,
+		Subject:     a.targetSubj,
+		OnMessage: func(data []byte) {
+			dt, err := wire.ParseTarget(data, a.cfg.Identity.UUID)
+			if err != nil {
+				a.cfg.Log.Warn().Err(err).Msg("ignoring unreadable target message")
+				return
+			}
+			a.Offer(dt)
+		},
+		OnConnect: func() { signal(a.linkUp) },
+		OnDisconnect: func(err error) {
 			a.cfg.Log.Debug().Err(err).Msg("nats disconnected")
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		},
+		OnError: func(err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				// Pushes cannot reach us: keep the HTTP poll going.
 				a.subDenied.Store(true)
 			}
 			a.cfg.Log.Warn().Err(err).Msg("nats error")
-		}),
-	}
-	nc, err := nats.Connect(a.cfg.NATSURL, append(opts, a.cfg.NATSOptions...)...)
+		},
+	})
 	if err != nil {
 		return fmt.Errorf("connect to nats %s: %w", a.cfg.NATSURL, err)
-	}
-	if _, err := nc.Subscribe(a.targetSubj, func(m *nats.Msg) {
-		dt, err := wire.ParseTarget(m.Data, a.cfg.Identity.UUID)
-		if err != nil {
-			a.cfg.Log.Warn().Err(err).Msg("ignoring unreadable target message")
-			return
-		}
-		a.Offer(dt)
-	}); err != nil {
-		nc.Close()
-		return fmt.Errorf("subscribe %s: %w", a.targetSubj, err)
 	}
 	a.nc = nc
 	return nil
@@ -300,7 +297,7 @@ func (a *Agent) connectNATS() error {
 func (a *Agent) fetchLatest(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	m, err := a.nc.RequestWithContext(ctx, a.directGet, nil)
+	m, err := a.nc.Request(ctx, a.directGet, nil, nil)
 	if err != nil {
 		return fmt.Errorf("read latest target: %w", err)
 	}
@@ -319,7 +316,7 @@ func (a *Agent) fetchLatest(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.IsConnected() && !a.subDenied.Load() }
+func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.Connected() && !a.subDenied.Load() }
 
 type applyResult struct {
 	target wire.DeviceTarget
@@ -336,133 +333,185 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.load(); err != nil {
 		return err
 	}
-	log := a.cfg.Log
 	if !a.cfg.DisableNATS {
 		if err := a.connectNATS(); err != nil {
 			return err
 		}
 		defer a.nc.Close()
 	}
-	natsSynced := false
-	firstPoll := time.Duration(0)
-	if !a.cfg.DisableNATS {
-		// Give NATS a moment before falling back to HTTP; spread a fleet's first polls.
-		firstPoll = time.Duration(a.rng.Float64() * float64(a.cfg.PollInterval))
-	}
-	pollTimer := time.NewTimer(firstPoll)
-	defer pollTimer.Stop()
-	hbTimer := time.NewTimer(a.jitter(a.cfg.Heartbeat))
-	defer hbTimer.Stop()
-	retryTimer := time.NewTimer(time.Hour)
-	retryTimer.Stop()
-	defer retryTimer.Stop()
-	pollFails, applyFails := 0, 0
-	applyDone := make(chan applyResult, 1)
-	healthDone := make(chan healthResult, 1)
-	applying := false
-	var healthCancel context.CancelFunc = func() {}
-	defer func() { healthCancel() }()
-
-	startApply := func(t wire.DeviceTarget) {
-		applying = true
-		a.applies.Add(1)
-		healthCancel()
-		// Results of the previous target's checks must not be reported for the containers this apply
-		// starts (a report during the apply would otherwise call a new, unchecked image healthy); until
-		// the new checks finish, reports carry Docker's own health.
-		clear(a.healthByName)
-		go func() {
-			err := a.cfg.Runtime.Apply(ctx, t)
-			applyDone <- applyResult{t, err}
-		}()
-	}
-	takeOffer := func() {
-		if applying {
-			return
-		}
-		a.mu.Lock()
-		t := a.offered
-		a.offered = nil
-		a.mu.Unlock()
-		if t == nil {
-			return
-		}
-		if t.Version <= a.seen {
-			a.ignored.Add(1)
-			return
-		}
-		a.seen = t.Version
-		a.failed = nil
-		log.Info().Int64("version", t.Version).Msg("applying target")
-		startApply(*t)
-	}
-
+	l := a.newLoop(ctx)
+	defer l.stop()
 	a.report(ctx)
+	// The work is in l's methods, so this frame stays small: a device waiting here keeps a small
+	// goroutine stack, which a simulator holding 100,000 devices multiplies.
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-a.linkUp:
-			natsSynced = false
-			if err := a.fetchLatest(ctx); err != nil {
-				log.Warn().Err(err).Msg("nats connected but latest target unreadable; HTTP polling continues")
-			} else {
-				natsSynced = true
-			}
-			a.flush(ctx)
+			l.linkUp()
 		case <-a.wake:
-			takeOffer()
-		case <-pollTimer.C:
-			next := a.jitter(a.cfg.PollInterval)
-			if a.cfg.HTTP != nil && !(natsSynced && a.natsUp()) {
-				if err := a.poll(ctx); err != nil {
-					pollFails++
-					next = a.jitter(min(a.cfg.PollInterval<<min(pollFails, 20), a.cfg.MaxBackoff))
-					if se := (*client.StatusError)(nil); errors.As(err, &se) && se.RetryAfter > next {
-						next = a.jitter(se.RetryAfter) // the server said when to come back
-					}
-					log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
-				} else {
-					pollFails = 0
-					a.flush(ctx) // the link is back: send what waited
-				}
-			}
-			pollTimer.Reset(next)
-		case <-hbTimer.C:
-			a.report(ctx)
-			hbTimer.Reset(a.jitter(a.cfg.Heartbeat))
-		case <-retryTimer.C:
-			if !applying && a.failed != nil {
-				startApply(*a.failed)
-			}
-		case r := <-applyDone:
-			applying = false
-			if r.err != nil {
-				a.applyErrors.Add(1)
-				applyFails++
-				a.failed = &r.target
-				retryTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(applyFails, 20), a.cfg.MaxBackoff)))
-				log.Warn().Err(r.err).Int64("version", r.target.Version).Msg("apply failed; will retry")
-			} else {
-				applyFails = 0
-				a.failed = nil
-				a.current = r.target
-				a.version.Store(r.target.Version)
-				if err := a.save(); err != nil {
-					log.Warn().Err(err).Msg("keep applied target")
-				}
-				hctx, cancel := context.WithCancel(ctx)
-				healthCancel = cancel
-				a.startHealth(hctx, r.target, healthDone)
-			}
-			a.report(ctx)
-			takeOffer()
-		case h := <-healthDone:
-			if h.version == a.current.Version {
-				maps.Copy(a.healthByName, h.results)
-				a.report(ctx)
-			}
+			l.takeOffer()
+		case <-l.pollTimer.C:
+			l.pollTick()
+		case <-l.hbTimer.C:
+			l.heartbeat()
+		case <-l.retryTimer.C:
+			l.retry()
+		case r := <-l.applyDone:
+			l.applied(r)
+		case h := <-l.healthDone:
+			l.healthChecked(h)
 		}
+	}
+}
+
+// loop is the state of Run's event loop.
+type loop struct {
+	a                              *Agent
+	ctx                            context.Context
+	natsSynced                     bool
+	pollTimer, hbTimer, retryTimer *time.Timer
+	pollFails, applyFails          int
+	applyDone                      chan *applyResult
+	healthDone                     chan *healthResult
+	applying                       bool
+	healthCancel                   context.CancelFunc
+}
+
+func (a *Agent) newLoop(ctx context.Context) *loop {
+	firstPoll := time.Duration(0)
+	if !a.cfg.DisableNATS {
+		// Give NATS a moment before falling back to HTTP; spread a fleet's first polls.
+		firstPoll = time.Duration(a.rng.Float64() * float64(a.cfg.PollInterval))
+	}
+	l := &loop{a: a, ctx: ctx,
+		pollTimer:    time.NewTimer(firstPoll),
+		hbTimer:      time.NewTimer(a.jitter(a.cfg.Heartbeat)),
+		retryTimer:   time.NewTimer(time.Hour),
+		applyDone:    make(chan *applyResult, 1),
+		healthDone:   make(chan *healthResult, 1),
+		healthCancel: func() {},
+	}
+	l.retryTimer.Stop()
+	return l
+}
+
+func (l *loop) stop() {
+	l.pollTimer.Stop()
+	l.hbTimer.Stop()
+	l.retryTimer.Stop()
+	l.healthCancel()
+}
+
+func (l *loop) linkUp() {
+	a := l.a
+	l.natsSynced = false
+	if err := a.fetchLatest(l.ctx); err != nil {
+		a.cfg.Log.Warn().Err(err).Msg("nats connected but latest target unreadable; HTTP polling continues")
+	} else {
+		l.natsSynced = true
+	}
+	a.flush(l.ctx)
+}
+
+func (l *loop) startApply(t wire.DeviceTarget) {
+	a := l.a
+	l.applying = true
+	a.applies.Add(1)
+	l.healthCancel()
+	// Results of the previous target's checks must not be reported for the containers this apply
+	// starts (a report during the apply would otherwise call a new, unchecked image healthy); until
+	// the new checks finish, reports carry Docker's own health.
+	clear(a.healthByName)
+	ctx, done := l.ctx, l.applyDone
+	go func() {
+		err := a.cfg.Runtime.Apply(ctx, t)
+		done <- &applyResult{t, err}
+	}()
+}
+
+func (l *loop) takeOffer() {
+	a := l.a
+	if l.applying {
+		return
+	}
+	a.mu.Lock()
+	t := a.offered
+	a.offered = nil
+	a.mu.Unlock()
+	if t == nil {
+		return
+	}
+	if t.Version <= a.seen {
+		a.ignored.Add(1)
+		return
+	}
+	a.seen = t.Version
+	a.failed = nil
+	a.cfg.Log.Info().Int64("version", t.Version).Msg("applying target")
+	l.startApply(*t)
+}
+
+func (l *loop) pollTick() {
+	a := l.a
+	next := a.jitter(a.cfg.PollInterval)
+	if a.cfg.HTTP != nil && !(l.natsSynced && a.natsUp()) {
+		if err := a.poll(l.ctx); err != nil {
+			l.pollFails++
+			next = a.jitter(min(a.cfg.PollInterval<<min(l.pollFails, 20), a.cfg.MaxBackoff))
+			if se := (*client.StatusError)(nil); errors.As(err, &se) && se.RetryAfter > next {
+				next = a.jitter(se.RetryAfter) // the server said when to come back
+			}
+			a.cfg.Log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
+		} else {
+			l.pollFails = 0
+			a.flush(l.ctx) // the link is back: send what waited
+		}
+	}
+	l.pollTimer.Reset(next)
+}
+
+func (l *loop) heartbeat() {
+	l.a.report(l.ctx)
+	l.hbTimer.Reset(l.a.jitter(l.a.cfg.Heartbeat))
+}
+
+func (l *loop) retry() {
+	if !l.applying && l.a.failed != nil {
+		l.startApply(*l.a.failed)
+	}
+}
+
+func (l *loop) applied(r *applyResult) {
+	a := l.a
+	l.applying = false
+	if r.err != nil {
+		a.applyErrors.Add(1)
+		l.applyFails++
+		a.failed = &r.target
+		l.retryTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(l.applyFails, 20), a.cfg.MaxBackoff)))
+		a.cfg.Log.Warn().Err(r.err).Int64("version", r.target.Version).Msg("apply failed; will retry")
+	} else {
+		l.applyFails = 0
+		a.failed = nil
+		a.current = r.target
+		a.version.Store(r.target.Version)
+		if err := a.save(); err != nil {
+			a.cfg.Log.Warn().Err(err).Msg("keep applied target")
+		}
+		hctx, cancel := context.WithCancel(l.ctx)
+		l.healthCancel = cancel
+		a.startHealth(hctx, r.target, l.healthDone)
+	}
+	a.report(l.ctx)
+	l.takeOffer()
+}
+
+func (l *loop) healthChecked(h *healthResult) {
+	if h.version == l.a.current.Version {
+		maps.Copy(l.a.healthByName, h.results)
+		l.a.report(l.ctx)
 	}
 }
 
@@ -487,7 +536,7 @@ func (a *Agent) poll(ctx context.Context) error {
 }
 
 // startHealth runs the health checks of target's services, reporting "starting" until they finish.
-func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<- healthResult) {
+func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<- *healthResult) {
 	clear(a.healthByName)
 	type job struct {
 		key  string
@@ -533,7 +582,7 @@ func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<
 			return // superseded by a newer apply
 		}
 		select {
-		case done <- healthResult{version: t.Version, results: results}:
+		case done <- &healthResult{version: t.Version, results: results}:
 		case <-ctx.Done():
 		}
 	}()
@@ -620,10 +669,8 @@ func (a *Agent) flush(ctx context.Context) {
 func (a *Agent) publish(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	m := nats.NewMsg(a.stateSubj)
-	m.Data = a.pending
-	m.Header.Set("Nats-Msg-Id", fmt.Sprintf("%s-%d-%d", a.cfg.Identity.UUID, a.boot, a.reportSeq))
-	resp, err := a.nc.RequestMsgWithContext(ctx, m)
+	hdr := nats.Header{"Nats-Msg-Id": {fmt.Sprintf("%s-%d-%d", a.cfg.Identity.UUID, a.boot, a.reportSeq)}}
+	resp, err := a.nc.Request(ctx, a.stateSubj, hdr, a.pending)
 	if err != nil {
 		return fmt.Errorf("publish report: %w", err)
 	}
