@@ -289,6 +289,10 @@ func TestSimMemoryRow(t *testing.T) {
 	require.True(t, proj.Pass)
 	require.False(t, simMemoryRow(100_000, 15_000, ProcStatus{PeakRSS: 15_000 * 50 << 10}, nil).Pass)
 
+	partial := simMemoryRow(100_000, 15_000, ProcStatus{PeakRSS: 15_000 * 30 << 10}, errors.New("rollout x covered 15001 devices"))
+	require.NoError(t, partial.Err)
+	require.Contains(t, partial.Note, "did not finish (rollout x covered 15001 devices)")
+
 	none := simMemoryRow(100_000, 15_000, ProcStatus{}, errors.New("registration failed"))
 	require.ErrorContains(t, none.Err, "no simulator: registration failed")
 }
