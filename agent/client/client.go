@@ -24,6 +24,9 @@ type Client struct {
 	http *http.Client
 }
 
+// MaxConns bounds the connections of New's default client to one server.
+const MaxConns = 256
+
 // New returns a client for the server at base (e.g. http://127.0.0.1:3001). hc nil: a client with a
 // connection pool sized for many devices sharing it.
 func New(base string, hc *http.Client) (*Client, error) {
@@ -35,6 +38,9 @@ func New(base string, hc *http.Client) (*Client, error) {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConns = 512
 		tr.MaxIdleConnsPerHost = 256
+		// Beyond this many connections requests wait for one: a simulator's thousands of devices falling
+		// back to HTTP at once would otherwise open a connection (two goroutines, 8 KiB of buffers) each.
+		tr.MaxConnsPerHost = MaxConns
 		hc = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
 	return &Client{base: strings.TrimRight(base, "/"), http: hc}, nil

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -68,4 +69,46 @@ func TestWithJitterStaysInRange(t *testing.T) {
 		require.GreaterOrEqual(t, d, 2*time.Second)
 		require.Less(t, d, 3*time.Second+time.Nanosecond)
 	}
+}
+
+// TestDefaultClientBoundsConnections: many devices sharing the default client never hold more than
+// MaxConns connections to the server at once; the requests beyond wait and then succeed.
+func TestDefaultClientBoundsConnections(t *testing.T) {
+	t.Parallel()
+	var open, peak atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		<-release
+		w.Header().Set("ETag", `"1"`)
+		w.WriteHeader(http.StatusNotModified)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			n := open.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c, err := New(srv.URL, nil)
+	require.NoError(t, err)
+	const n = MaxConns + 100
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := c.GetState(context.Background(), "u", "k", `"1"`)
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return open.Load() >= MaxConns }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // room for any connection beyond the bound to open
+	close(release)
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	require.LessOrEqual(t, peak.Load(), int64(MaxConns))
 }

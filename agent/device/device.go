@@ -48,8 +48,10 @@ type Config struct {
 	// NATSURL overrides the NATS url handed out at registration; DisableNATS turns NATS off.
 	NATSURL     string
 	DisableNATS bool
-	// NATSOptions are appended to the agent's own connection options.
+	// NATSOptions are appended to the agent's own nats.go connection options (when Dial is unset).
 	NATSOptions []nats.Option
+	// Dial opens the NATS connection (default: NATSGoDialer(NATSOptions...)).
+	Dial Dialer
 	// Prefix is the subject prefix (default "fleet").
 	Prefix string
 	// Runtime runs the device's apps (required).
@@ -111,7 +113,7 @@ type Agent struct {
 	pendingFlag  atomic.Bool
 	polls        atomic.Int64
 	subDenied    atomic.Bool
-	nc           *nats.Conn
+	nc           Conn
 	seen         int64
 	current      wire.DeviceTarget
 	failed       *wire.DeviceTarget
@@ -265,44 +267,39 @@ func (a *Agent) jitter(d time.Duration) time.Duration {
 }
 
 func (a *Agent) connectNATS() error {
-	opts := []nats.Option{
-		nats.Name("fleetshift-agent " + a.cfg.Identity.UUID),
-		nats.UserInfo(a.cfg.Identity.UUID, a.cfg.Identity.APIKey),
-		nats.CustomInboxPrefix(a.inboxPrefix),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(2 * time.Second),
-		nats.ReconnectJitter(3*time.Second, 5*time.Second),
-		nats.IgnoreAuthErrorAbort(),
-		// No buffering while disconnected: a report that cannot go now stays pending in the agent.
-		nats.ReconnectBufSize(-1),
-		nats.ConnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
-		nats.ReconnectHandler(func(*nats.Conn) { signal(a.linkUp) }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+	dial := a.cfg.Dial
+	if dial == nil {
+		dial = NATSGoDialer(a.cfg.NATSOptions...)
+	}
+	nc, err := dial(ConnSpec{
+		URL:         a.cfg.NATSURL,
+		Name:        "fleetshift-agent " + a.cfg.Identity.UUID,
+		User:        a.cfg.Identity.UUID,
+		Password:    a.cfg.Identity.APIKey,
+		InboxPrefix: a.inboxPrefix,
+		Subject:     a.targetSubj,
+		OnMessage: func(data []byte) {
+			dt, err := wire.ParseTarget(data, a.cfg.Identity.UUID)
+			if err != nil {
+				a.cfg.Log.Warn().Err(err).Msg("ignoring unreadable target message")
+				return
+			}
+			a.Offer(dt)
+		},
+		OnConnect: func() { signal(a.linkUp) },
+		OnDisconnect: func(err error) {
 			a.cfg.Log.Debug().Err(err).Msg("nats disconnected")
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		},
+		OnError: func(err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				// Pushes cannot reach us: keep the HTTP poll going.
 				a.subDenied.Store(true)
 			}
 			a.cfg.Log.Warn().Err(err).Msg("nats error")
-		}),
-	}
-	nc, err := nats.Connect(a.cfg.NATSURL, append(opts, a.cfg.NATSOptions...)...)
+		},
+	})
 	if err != nil {
 		return fmt.Errorf("connect to nats %s: %w", a.cfg.NATSURL, err)
-	}
-	if _, err := nc.Subscribe(a.targetSubj, func(m *nats.Msg) {
-		dt, err := wire.ParseTarget(m.Data, a.cfg.Identity.UUID)
-		if err != nil {
-			a.cfg.Log.Warn().Err(err).Msg("ignoring unreadable target message")
-			return
-		}
-		a.Offer(dt)
-	}); err != nil {
-		nc.Close()
-		return fmt.Errorf("subscribe %s: %w", a.targetSubj, err)
 	}
 	a.nc = nc
 	return nil
@@ -312,7 +309,7 @@ func (a *Agent) connectNATS() error {
 func (a *Agent) fetchLatest(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	m, err := a.nc.RequestWithContext(ctx, a.directGet, nil)
+	m, err := a.nc.Request(ctx, a.directGet, nil, nil)
 	if err != nil {
 		return fmt.Errorf("read latest target: %w", err)
 	}
@@ -331,7 +328,7 @@ func (a *Agent) fetchLatest(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.IsConnected() && !a.subDenied.Load() }
+func (a *Agent) natsUp() bool { return a.nc != nil && a.nc.Connected() && !a.subDenied.Load() }
 
 type applyResult struct {
 	target wire.DeviceTarget
@@ -380,199 +377,265 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.load(); err != nil {
 		return err
 	}
-	log := a.cfg.Log
 	if !a.cfg.DisableNATS {
 		if err := a.connectNATS(); err != nil {
 			return err
 		}
 		defer a.nc.Close()
 	}
-	natsSynced := false
+	l := a.newLoop(ctx)
+	defer l.stop()
+	a.setWant(a.current)
+	a.report(ctx)
+	l.startPulls()
+	// The work is in l's methods, so this frame stays small: a device waiting here keeps a small
+	// goroutine stack, which a simulator holding 100,000 devices multiplies.
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-l.pullDone:
+			l.pulled(r)
+		case <-l.pullTimer.C:
+			l.startPulls()
+		case <-a.linkUp:
+			l.linkUp()
+		case <-a.wake:
+			l.takeOffer()
+		case <-l.pollTimer.C:
+			l.pollTick()
+		case <-l.hbTimer.C:
+			l.heartbeat()
+		case <-l.retryTimer.C:
+			l.retry()
+		case r := <-l.applyDone:
+			l.applied(r)
+		case h := <-l.healthDone:
+			l.healthChecked(h)
+		}
+	}
+}
+
+// loop is the state of Run's event loop.
+type loop struct {
+	a                              *Agent
+	ctx                            context.Context
+	natsSynced                     bool
+	pollTimer, hbTimer, retryTimer *time.Timer
+	pollFails, applyFails          int
+	applyDone                      chan *applyResult
+	healthDone                     chan *healthResult
+	applying                       bool
+	healthCancel                   context.CancelFunc
+	// Prefetch pulls: one round at a time beside any apply (a pull changes no container).
+	pullTimer *time.Timer
+	pullFails int
+	pullDone  chan pullResult
+	pulling   bool
+	puller    runtime.Puller // nil when the runtime cannot pull ahead
+}
+
+func (a *Agent) newLoop(ctx context.Context) *loop {
 	firstPoll := time.Duration(0)
 	if !a.cfg.DisableNATS {
 		// Give NATS a moment before falling back to HTTP; spread a fleet's first polls.
 		firstPoll = time.Duration(a.rng.Float64() * float64(a.cfg.PollInterval))
 	}
-	pollTimer := time.NewTimer(firstPoll)
-	defer pollTimer.Stop()
-	hbTimer := time.NewTimer(a.jitter(a.cfg.Heartbeat))
-	defer hbTimer.Stop()
-	retryTimer := time.NewTimer(time.Hour)
-	retryTimer.Stop()
-	defer retryTimer.Stop()
-	pullTimer := time.NewTimer(time.Hour)
-	pullTimer.Stop()
-	defer pullTimer.Stop()
-	pollFails, applyFails, pullFails := 0, 0, 0
-	applyDone := make(chan applyResult, 1)
-	pullDone := make(chan pullResult, 1)
-	pulling := false
-	puller, canPull := a.cfg.Runtime.(runtime.Puller)
-	// startPulls pulls the wanted images not pulled yet, one at a time, beside any apply: a pull
-	// changes no container. A failed pull is retried later; it never fails the device.
-	startPulls := func() {
-		if pulling {
-			return
-		}
-		todo := a.toPull()
-		if len(todo) == 0 {
-			return
-		}
-		if !canPull {
-			if _, logged := a.pullErrs[todo[0]]; !logged {
-				log.Warn().Strs("images", todo).Msg("this runtime cannot pull images ahead; they download when applied")
-			}
-			for _, img := range todo {
-				a.pullErrs[img] = "this runtime cannot pull ahead"
-			}
-			return
-		}
-		pulling = true
-		go func() {
-			res := pullResult{errs: make(map[string]error, len(todo))}
-			for _, img := range todo {
-				a.pulls.Add(1)
-				res.errs[img] = puller.Pull(ctx, img)
-			}
-			pullDone <- res
-		}()
+	l := &loop{a: a, ctx: ctx,
+		pollTimer:    time.NewTimer(firstPoll),
+		hbTimer:      time.NewTimer(a.jitter(a.cfg.Heartbeat)),
+		retryTimer:   time.NewTimer(time.Hour),
+		applyDone:    make(chan *applyResult, 1),
+		healthDone:   make(chan *healthResult, 1),
+		healthCancel: func() {},
+		pullTimer:    time.NewTimer(time.Hour),
+		pullDone:     make(chan pullResult, 1),
 	}
-	a.setWant(a.current)
-	healthDone := make(chan healthResult, 1)
-	applying := false
-	var healthCancel context.CancelFunc = func() {}
-	defer func() { healthCancel() }()
+	l.retryTimer.Stop()
+	l.pullTimer.Stop()
+	l.puller, _ = a.cfg.Runtime.(runtime.Puller)
+	return l
+}
 
-	startApply := func(t wire.DeviceTarget) {
-		applying = true
-		a.applies.Add(1)
-		healthCancel()
-		// Results of the previous target's checks must not be reported for the containers this apply
-		// starts (a report during the apply would otherwise call a new, unchecked image healthy); until
-		// the new checks finish, reports carry Docker's own health.
-		clear(a.healthByName)
-		go func() {
-			err := a.cfg.Runtime.Apply(ctx, t)
-			applyDone <- applyResult{t, err}
-		}()
+func (l *loop) stop() {
+	l.pollTimer.Stop()
+	l.hbTimer.Stop()
+	l.retryTimer.Stop()
+	l.pullTimer.Stop()
+	l.healthCancel()
+}
+
+// startPulls pulls the wanted images not pulled yet, one at a time, beside any apply: a pull changes no
+// container. A failed pull is retried later; it never fails the device.
+func (l *loop) startPulls() {
+	a := l.a
+	if l.pulling {
+		return
 	}
-	takeOffer := func() {
-		if applying {
-			return
+	todo := a.toPull()
+	if len(todo) == 0 {
+		return
+	}
+	if l.puller == nil {
+		if _, logged := a.pullErrs[todo[0]]; !logged {
+			a.cfg.Log.Warn().Strs("images", todo).Msg("this runtime cannot pull images ahead; they download when applied")
 		}
-		a.mu.Lock()
-		t := a.offered
-		a.offered = nil
-		a.mu.Unlock()
-		if t == nil {
-			return
+		for _, img := range todo {
+			a.pullErrs[img] = "this runtime cannot pull ahead"
 		}
-		if t.Version <= a.seen {
-			a.ignored.Add(1)
-			return
+		return
+	}
+	l.pulling = true
+	ctx, done, puller := l.ctx, l.pullDone, l.puller
+	go func() {
+		res := pullResult{errs: make(map[string]error, len(todo))}
+		for _, img := range todo {
+			a.pulls.Add(1)
+			res.errs[img] = puller.Pull(ctx, img)
 		}
-		a.seen = t.Version
+		done <- res
+	}()
+}
+
+// pulled records a round of pulls, reports what is downloaded, and retries failures with backoff.
+func (l *loop) pulled(r pullResult) {
+	a := l.a
+	l.pulling = false
+	failed := 0
+	for img, err := range r.errs {
+		if !slices.Contains(a.want, img) {
+			continue // no longer asked for
+		}
+		if err != nil {
+			failed++
+			a.pullErrs[img] = err.Error()
+			a.cfg.Log.Warn().Err(err).Str("image", img).Msg("pull ahead failed; will retry")
+			continue
+		}
+		a.downloaded[img] = true
+		delete(a.pullErrs, img)
+		a.cfg.Log.Info().Str("image", img).Msg("image downloaded ahead")
+	}
+	a.report(l.ctx)
+	if failed > 0 {
+		l.pullFails++
+		l.pullTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(l.pullFails, 20), a.cfg.MaxBackoff)))
+		return
+	}
+	l.pullFails = 0
+	l.startPulls() // the target may have asked for more meanwhile
+}
+
+func (l *loop) linkUp() {
+	a := l.a
+	l.natsSynced = false
+	if err := a.fetchLatest(l.ctx); err != nil {
+		a.cfg.Log.Warn().Err(err).Msg("nats connected but latest target unreadable; HTTP polling continues")
+	} else {
+		l.natsSynced = true
+	}
+	a.flush(l.ctx)
+}
+
+func (l *loop) startApply(t wire.DeviceTarget) {
+	a := l.a
+	l.applying = true
+	a.applies.Add(1)
+	l.healthCancel()
+	// Results of the previous target's checks must not be reported for the containers this apply
+	// starts (a report during the apply would otherwise call a new, unchecked image healthy); until
+	// the new checks finish, reports carry Docker's own health.
+	clear(a.healthByName)
+	ctx, done := l.ctx, l.applyDone
+	go func() {
+		err := a.cfg.Runtime.Apply(ctx, t)
+		done <- &applyResult{t, err}
+	}()
+}
+
+func (l *loop) takeOffer() {
+	a := l.a
+	if l.applying {
+		return
+	}
+	a.mu.Lock()
+	t := a.offered
+	a.offered = nil
+	a.mu.Unlock()
+	if t == nil {
+		return
+	}
+	if t.Version <= a.seen {
+		a.ignored.Add(1)
+		return
+	}
+	a.seen = t.Version
+	a.failed = nil
+	a.cfg.Log.Info().Int64("version", t.Version).Msg("applying target")
+	l.startApply(*t)
+	a.setWant(*t)
+	l.startPulls()
+}
+
+func (l *loop) pollTick() {
+	a := l.a
+	next := a.jitter(a.cfg.PollInterval)
+	if a.cfg.HTTP != nil && !(l.natsSynced && a.natsUp()) {
+		if err := a.poll(l.ctx); err != nil {
+			l.pollFails++
+			next = a.jitter(min(a.cfg.PollInterval<<min(l.pollFails, 20), a.cfg.MaxBackoff))
+			if se := (*client.StatusError)(nil); errors.As(err, &se) && se.RetryAfter > next {
+				next = a.jitter(se.RetryAfter) // the server said when to come back
+			}
+			a.cfg.Log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
+		} else {
+			l.pollFails = 0
+			a.flush(l.ctx) // the link is back: send what waited
+		}
+	}
+	l.pollTimer.Reset(next)
+}
+
+func (l *loop) heartbeat() {
+	l.a.report(l.ctx)
+	l.hbTimer.Reset(l.a.jitter(l.a.cfg.Heartbeat))
+}
+
+func (l *loop) retry() {
+	if !l.applying && l.a.failed != nil {
+		l.startApply(*l.a.failed)
+	}
+}
+
+func (l *loop) applied(r *applyResult) {
+	a := l.a
+	l.applying = false
+	if r.err != nil {
+		a.applyErrors.Add(1)
+		l.applyFails++
+		a.failed = &r.target
+		l.retryTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(l.applyFails, 20), a.cfg.MaxBackoff)))
+		a.cfg.Log.Warn().Err(r.err).Int64("version", r.target.Version).Msg("apply failed; will retry")
+	} else {
+		l.applyFails = 0
 		a.failed = nil
-		log.Info().Int64("version", t.Version).Msg("applying target")
-		startApply(*t)
-		a.setWant(*t)
-		startPulls()
-	}
-
-	a.report(ctx)
-	startPulls()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case r := <-pullDone:
-			pulling = false
-			failed := 0
-			for img, err := range r.errs {
-				if !slices.Contains(a.want, img) {
-					continue // no longer asked for
-				}
-				if err != nil {
-					failed++
-					a.pullErrs[img] = err.Error()
-					log.Warn().Err(err).Str("image", img).Msg("pull ahead failed; will retry")
-					continue
-				}
-				a.downloaded[img] = true
-				delete(a.pullErrs, img)
-				log.Info().Str("image", img).Msg("image downloaded ahead")
-			}
-			a.report(ctx)
-			if failed > 0 {
-				pullFails++
-				pullTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(pullFails, 20), a.cfg.MaxBackoff)))
-			} else {
-				pullFails = 0
-				startPulls() // the target may have asked for more meanwhile
-			}
-		case <-pullTimer.C:
-			startPulls()
-		case <-a.linkUp:
-			natsSynced = false
-			if err := a.fetchLatest(ctx); err != nil {
-				log.Warn().Err(err).Msg("nats connected but latest target unreadable; HTTP polling continues")
-			} else {
-				natsSynced = true
-			}
-			a.flush(ctx)
-		case <-a.wake:
-			takeOffer()
-		case <-pollTimer.C:
-			next := a.jitter(a.cfg.PollInterval)
-			if a.cfg.HTTP != nil && !(natsSynced && a.natsUp()) {
-				if err := a.poll(ctx); err != nil {
-					pollFails++
-					next = a.jitter(min(a.cfg.PollInterval<<min(pollFails, 20), a.cfg.MaxBackoff))
-					if se := (*client.StatusError)(nil); errors.As(err, &se) && se.RetryAfter > next {
-						next = a.jitter(se.RetryAfter) // the server said when to come back
-					}
-					log.Debug().Err(err).Dur("next", next).Msg("poll failed; backing off")
-				} else {
-					pollFails = 0
-					a.flush(ctx) // the link is back: send what waited
-				}
-			}
-			pollTimer.Reset(next)
-		case <-hbTimer.C:
-			a.report(ctx)
-			hbTimer.Reset(a.jitter(a.cfg.Heartbeat))
-		case <-retryTimer.C:
-			if !applying && a.failed != nil {
-				startApply(*a.failed)
-			}
-		case r := <-applyDone:
-			applying = false
-			if r.err != nil {
-				a.applyErrors.Add(1)
-				applyFails++
-				a.failed = &r.target
-				retryTimer.Reset(a.jitter(min(a.cfg.PollInterval<<min(applyFails, 20), a.cfg.MaxBackoff)))
-				log.Warn().Err(r.err).Int64("version", r.target.Version).Msg("apply failed; will retry")
-			} else {
-				applyFails = 0
-				a.failed = nil
-				a.current = r.target
-				a.version.Store(r.target.Version)
-				if err := a.save(); err != nil {
-					log.Warn().Err(err).Msg("keep applied target")
-				}
-				hctx, cancel := context.WithCancel(ctx)
-				healthCancel = cancel
-				a.startHealth(hctx, r.target, healthDone)
-			}
-			a.report(ctx)
-			takeOffer()
-		case h := <-healthDone:
-			if h.version == a.current.Version {
-				maps.Copy(a.healthByName, h.results)
-				a.report(ctx)
-			}
+		a.current = r.target
+		a.version.Store(r.target.Version)
+		if err := a.save(); err != nil {
+			a.cfg.Log.Warn().Err(err).Msg("keep applied target")
 		}
+		hctx, cancel := context.WithCancel(l.ctx)
+		l.healthCancel = cancel
+		a.startHealth(hctx, r.target, l.healthDone)
+	}
+	a.report(l.ctx)
+	l.takeOffer()
+}
+
+func (l *loop) healthChecked(h *healthResult) {
+	if h.version == l.a.current.Version {
+		maps.Copy(l.a.healthByName, h.results)
+		l.a.report(l.ctx)
 	}
 }
 
@@ -597,7 +660,7 @@ func (a *Agent) poll(ctx context.Context) error {
 }
 
 // startHealth runs the health checks of target's services, reporting "starting" until they finish.
-func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<- healthResult) {
+func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<- *healthResult) {
 	clear(a.healthByName)
 	type job struct {
 		key  string
@@ -643,7 +706,7 @@ func (a *Agent) startHealth(ctx context.Context, t wire.DeviceTarget, done chan<
 			return // superseded by a newer apply
 		}
 		select {
-		case done <- healthResult{version: t.Version, results: results}:
+		case done <- &healthResult{version: t.Version, results: results}:
 		case <-ctx.Done():
 		}
 	}()
@@ -741,10 +804,8 @@ func (a *Agent) flush(ctx context.Context) {
 func (a *Agent) publish(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	m := nats.NewMsg(a.stateSubj)
-	m.Data = a.pending
-	m.Header.Set("Nats-Msg-Id", fmt.Sprintf("%s-%d-%d", a.cfg.Identity.UUID, a.boot, a.reportSeq))
-	resp, err := a.nc.RequestMsgWithContext(ctx, m)
+	hdr := nats.Header{"Nats-Msg-Id": {fmt.Sprintf("%s-%d-%d", a.cfg.Identity.UUID, a.boot, a.reportSeq)}}
+	resp, err := a.nc.Request(ctx, a.stateSubj, hdr, a.pending)
 	if err != nil {
 		return fmt.Errorf("publish report: %w", err)
 	}

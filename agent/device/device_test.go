@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/fleetshift/fleetshift/agent/client"
 	"github.com/fleetshift/fleetshift/agent/device"
 	"github.com/fleetshift/fleetshift/agent/internal/fleettest"
+	"github.com/fleetshift/fleetshift/agent/sim/lightnats"
 	"github.com/fleetshift/fleetshift/agent/wire"
 )
 
@@ -117,10 +120,38 @@ func reportedImage(srv *fleettest.Server, uuid string, version int64, image stri
 
 func natsOnly(c *device.Config) { c.HTTP = nil }
 
+// natsClients are the NATS connections the engine is tested over: the agent's (nats.go) and the
+// simulator's (lightnats), which must behave the same towards it.
+var natsClients = []string{"nats.go", "light"}
+
+// useClient makes c connect with the named client, through dial when it is not nil.
+func useClient(c *device.Config, name string, dial *dialLog) {
+	if name == "light" {
+		o := lightnats.Options{}
+		if dial != nil {
+			o.Dial = dial.Dial
+		}
+		c.Dial = lightnats.Dialer(o)
+		return
+	}
+	if dial != nil {
+		c.NATSOptions = append(c.NATSOptions, nats.SetCustomDialer(dial))
+	}
+}
+
 func TestNATSPushAppliesAndStaleOrDuplicateChangesNothing(t *testing.T) {
 	t.Parallel()
+	for _, client := range natsClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			testNATSPush(t, client)
+		})
+	}
+}
+
+func testNATSPush(t *testing.T, client string) {
 	srv := fleettest.New(t, fleettest.Options{})
-	s := start(t, srv, natsOnly)
+	s := start(t, srv, func(c *device.Config) { natsOnly(c); useClient(c, client, nil) })
 	// Wait until the device has read its (empty) latest target, i.e. its subscription is live.
 	fleettest.Eventually(t, 10*time.Second, func() error {
 		if _, ok := srv.LastReport(s.uuid); !ok {
@@ -154,15 +185,24 @@ func TestNATSPushAppliesAndStaleOrDuplicateChangesNothing(t *testing.T) {
 
 func TestOfflineDeviceConvergesOnConnectFromJetStream(t *testing.T) {
 	t.Parallel()
-	srv := fleettest.New(t, fleettest.Options{})
-	uuid, key := srv.AddDevice("offline")
-	// Dispatched while the device is off: three versions, only the latest is kept.
-	srv.SetTarget(uuid, fleettest.Images("acme/app:1.0"))
-	srv.SetTarget(uuid, fleettest.Images("acme/app:2.0"))
-	s := startAs(t, srv, uuid, key, natsOnly) // no HTTP: the target can only come from JetStream
-	fleettest.Eventually(t, 10*time.Second, func() error { return reportedImage(srv, uuid, 2, "acme/app:2.0") })
-	if got := s.rt.Applied(); !slices.Equal(got, []int64{2}) {
-		t.Fatalf("applied %v, want only the latest [2]", got)
+	for _, client := range natsClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			srv := fleettest.New(t, fleettest.Options{})
+			uuid, key := srv.AddDevice("offline")
+			// Dispatched while the device is off: three versions, only the latest is kept.
+			srv.SetTarget(uuid, fleettest.Images("acme/app:1.0"))
+			srv.SetTarget(uuid, fleettest.Images("acme/app:2.0"))
+			// No HTTP: the target can only come from JetStream.
+			s := startAs(t, srv, uuid, key, func(c *device.Config) { natsOnly(c); useClient(c, client, nil) })
+			fleettest.Eventually(t, 10*time.Second, func() error { return reportedImage(srv, uuid, 2, "acme/app:2.0") })
+			if got := s.rt.Applied(); !slices.Equal(got, []int64{2}) {
+				t.Fatalf("applied %v, want only the latest [2]", got)
+			}
+			if r, _ := srv.LastReport(uuid); r.Via != "nats" {
+				t.Fatalf("report went over %s, want nats", r.Via)
+			}
+		})
 	}
 }
 

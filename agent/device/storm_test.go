@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/fleetshift/fleetshift/agent/device"
 	"github.com/fleetshift/fleetshift/agent/internal/fleettest"
 )
@@ -42,15 +40,22 @@ func (d *dialLog) gaps() []time.Duration {
 // jittered moments, so a refused crowd does not come back in lockstep.
 func TestRefusedNATSConnectsBackOffWithJitter(t *testing.T) {
 	t.Parallel()
+	for _, client := range natsClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			testRefusedConnects(t, client)
+		})
+	}
+}
+
+func testRefusedConnects(t *testing.T, client string) {
 	srv := fleettest.New(t, fleettest.Options{})
 	var logs []*dialLog
 	for i := range 8 {
 		uuid, _ := srv.AddDevice(fmt.Sprintf("storm-%d", i))
 		log := &dialLog{}
 		logs = append(logs, log)
-		startAs(t, srv, uuid, "refused-key", func(c *device.Config) {
-			c.NATSOptions = append(c.NATSOptions, nats.SetCustomDialer(log))
-		})
+		startAs(t, srv, uuid, "refused-key", func(c *device.Config) { useClient(c, client, log) })
 	}
 	fleettest.Eventually(t, 45*time.Second, func() error {
 		for i, l := range logs {

@@ -1,11 +1,15 @@
 package sim
 
 import (
+	"errors"
 	"net"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/fleetshift/fleetshift/agent/device"
+	"github.com/fleetshift/fleetshift/agent/sim/lightnats"
 )
 
 // sourceAddrs is how many loopback source addresses (127.0.0.1 ..) the devices' NATS connections are
@@ -13,10 +17,29 @@ import (
 // port, so a large fleet on one machine would run out of ports on 127.0.0.1 alone.
 const sourceAddrs = 250
 
-// natsOptions are the NATS options of simulated device i, beyond the device engine's own (which already
-// keeps no reconnect buffer): a dialer spreading loopback connections over source addresses.
-func natsOptions(i int) []nats.Option {
-	return []nats.Option{nats.SetCustomDialer(&spreadDialer{index: i})}
+// dialer opens simulated device i's NATS connection with client (NATSClientLight or NATSClientGo), its
+// socket leaving from the device's loopback source address. The light connection hands over to nats.go
+// when it cannot serve the server (TLS).
+func dialer(client string, i int) device.Dialer {
+	return func(s device.ConnSpec) (device.Conn, error) {
+		d := &spreadDialer{index: i}
+		if client == NATSClientLight {
+			c, err := lightnats.Connect(s, lightnats.Options{Dial: d.Dial})
+			if err == nil {
+				return c, nil
+			}
+			if !errors.Is(err, lightnats.ErrUnsupported) {
+				return nil, err
+			}
+		}
+		return device.NATSGoDialer(natsOptions(d)...)(s)
+	}
+}
+
+// natsOptions are the nats.go options of a simulated device, beyond the device engine's own (which
+// already keep no reconnect buffer): a dialer spreading loopback connections over source addresses.
+func natsOptions(d *spreadDialer) []nats.Option {
+	return []nats.Option{nats.SetCustomDialer(d)}
 }
 
 // spreadDialer dials like net.Dialer, but a connection to a loopback IPv4 address leaves from

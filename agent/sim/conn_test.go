@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetshift/fleetshift/agent/device"
+	"github.com/fleetshift/fleetshift/agent/sim/lightnats"
 )
 
 // TestDevicesDialFromSpreadLoopbackAddresses: device i's connection to a loopback server leaves from
@@ -35,8 +38,8 @@ func TestDevicesDialFromSpreadLoopbackAddresses(t *testing.T) {
 			t.Fatalf("device %d dialled from %s, want %s", c.index, got, c.want)
 		}
 	}
-	if opts := natsOptions(3); len(opts) == 0 {
-		t.Fatal("devices get no NATS options (no spreading dialer)")
+	if opts := natsOptions(&spreadDialer{index: 3}); len(opts) == 0 {
+		t.Fatal("nats.go devices get no NATS options (no spreading dialer)")
 	}
 }
 
@@ -49,5 +52,31 @@ func TestFileLimitSaysWhenDevicesCannotFit(t *testing.T) {
 	err := raiseFileLimit(1 << 40)
 	if err == nil || !strings.Contains(err.Error(), "RLIMIT_NOFILE") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestLightClientHandsTLSToNATSGo: a device uses the light connection for a nats:// server and nats.go
+// for one the light connection cannot serve (TLS); with NATSClientGo it always uses nats.go.
+func TestLightClientHandsTLSToNATSGo(t *testing.T) {
+	spec := func(url string) device.ConnSpec {
+		return device.ConnSpec{URL: url, User: "u", Password: "p", InboxPrefix: "_INBOX_u", Subject: "fleet.device.u.target"}
+	}
+	for _, c := range []struct {
+		client, url string
+		light       bool
+	}{
+		{NATSClientLight, "nats://127.0.0.1:1", true},
+		{NATSClientLight, "tls://127.0.0.1:1", false},
+		{NATSClientGo, "nats://127.0.0.1:1", false},
+	} {
+		conn, err := dialer(c.client, 0)(spec(c.url))
+		if err != nil {
+			t.Fatalf("%s %s: %v", c.client, c.url, err)
+		}
+		_, light := conn.(*lightnats.Conn)
+		conn.Close()
+		if light != c.light {
+			t.Errorf("%s %s: light connection %v, want %v", c.client, c.url, light, c.light)
+		}
 	}
 }

@@ -13,8 +13,10 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,6 +37,12 @@ const (
 	TransportHTTP = "http"
 )
 
+// NATS clients of the simulated devices.
+const (
+	NATSClientLight = "light"
+	NATSClientGo    = "nats.go"
+)
+
 // Config configures a simulation.
 type Config struct {
 	// Server is the fleetshift HTTP base url (required); ProvisioningKey registers the devices (required).
@@ -49,6 +57,10 @@ type Config struct {
 	// Transport is "nats" (default: one NATS connection per device, as its credentials demand, with
 	// HTTP as fallback) or "http" (polling over one shared HTTP connection pool).
 	Transport string
+	// NATSClient is each device's NATS client over the nats transport: "light" (default: the simulator's
+	// own connection, package lightnats, a small fraction of nats.go's memory per device; nats.go when the
+	// server needs TLS) or "nats.go" (the agent's).
+	NATSClient string
 	// NATSURL overrides the NATS url handed out at registration.
 	NATSURL string
 	// Prefix is the NATS subject prefix (default "fleet").
@@ -110,6 +122,10 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Transport != TransportNATS && cfg.Transport != TransportHTTP {
 		return nil, fmt.Errorf("sim: transport %q: want nats or http", cfg.Transport)
 	}
+	cfg.NATSClient = cmp.Or(cfg.NATSClient, NATSClientLight)
+	if cfg.NATSClient != NATSClientLight && cfg.NATSClient != NATSClientGo {
+		return nil, fmt.Errorf("sim: nats client %q: want light or nats.go", cfg.NATSClient)
+	}
 	if cfg.PullMin == 0 && cfg.PullMax == 0 {
 		cfg.PullMin, cfg.PullMax = 200*time.Millisecond, 2*time.Second
 	}
@@ -131,6 +147,20 @@ func New(cfg Config) (*Sim, error) {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
 	return &Sim{cfg: cfg, api: api}, nil
+}
+
+// GCPercent is the garbage collector setting (GOGC) a simulator process runs with unless GOGC is set
+// (SetGC). Its heap is mostly long-lived per-device state, and at the default 100 the heap may grow to
+// twice that plus the devices' goroutine stacks (which count towards the collector's goal) before a
+// collection: a tighter goal trades some CPU for much of a large fleet's memory.
+const GCPercent = 50
+
+// SetGC applies GCPercent to this process unless the GOGC environment variable chooses. Commands that
+// run a simulator as their process call it; an in-process simulation (a test) leaves the collector alone.
+func SetGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(GCPercent)
+	}
 }
 
 // ParsePullTime reads "200ms-2s" (or a single duration).
@@ -304,6 +334,12 @@ func (s *Sim) register(ctx context.Context, i int) (*simDevice, bool, error) {
 		return nil, false, err
 	}
 	s.registered.Add(1)
+	d, err := s.newDevice(i, id)
+	return d, isNew, err
+}
+
+// newDevice builds simulated device i, registered as id, ready to start.
+func (s *Sim) newDevice(i int, id client.Identity) (*simDevice, error) {
 	d := &simDevice{index: i, id: id}
 	d.rt = &deviceRuntime{sim: s, index: i}
 	agent, err := device.New(device.Config{
@@ -317,15 +353,21 @@ func (s *Sim) register(ctx context.Context, i int) (*simDevice, bool, error) {
 		Heartbeat:    s.cfg.Heartbeat,
 		Silent:       d.rt.silent.Load,
 		Seed:         s.cfg.Seed*1_000_003 + uint64(i) + 1,
-		NATSOptions:  natsOptions(i),
-		Log:          s.cfg.Log.With().Str("device", id.UUID).Logger().Level(max(s.cfg.Log.GetLevel(), zerolog.WarnLevel)),
+		Dial:         dialer(s.cfg.NATSClient, i),
+		// A hook rather than a logger context: the context would keep a 500-byte buffer per device.
+		Log: s.cfg.Log.Hook(deviceField(id.UUID)).Level(max(s.cfg.Log.GetLevel(), zerolog.WarnLevel)),
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	d.agent = agent
-	return d, isNew, nil
+	return d, nil
 }
+
+// deviceField adds the device's uuid to each of its log lines.
+type deviceField string
+
+func (d deviceField) Run(e *zerolog.Event, _ zerolog.Level, _ string) { e.Str("device", string(d)) }
 
 func (s *Sim) setTarget(ctx context.Context, d *simDevice) error {
 	return s.api.PutDeviceTarget(ctx, s.cfg.AdminToken, d.id.UUID, TargetApps(s.cfg.Images), nil)

@@ -166,10 +166,20 @@ func TestFailRateIsAboutRightAndReproducible(t *testing.T) {
 
 func TestNATSTransportWithFleetDefault(t *testing.T) {
 	t.Parallel()
+	for _, client := range []string{sim.NATSClientLight, sim.NATSClientGo} {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			testNATSTransport(t, client)
+		})
+	}
+}
+
+func testNATSTransport(t *testing.T, client string) {
 	srv := fleettest.New(t, fleettest.Options{})
 	var summary syncBuf
 	s := startSim(t, srv, func(c *sim.Config) {
 		c.Transport = sim.TransportNATS
+		c.NATSClient = client
 		c.Devices = 15
 		c.PollInterval = time.Hour // NATS must do it alone
 		c.Summary = &summary
@@ -242,6 +252,9 @@ func TestParsers(t *testing.T) {
 		if _, err := sim.ParseRate(bad); err == nil {
 			t.Errorf("ParseRate(%q) accepted", bad)
 		}
+	}
+	if _, err := sim.New(sim.Config{Server: "http://x", ProvisioningKey: "k", Devices: 1, NATSClient: "grpc"}); err == nil || !strings.Contains(err.Error(), "nats client") {
+		t.Errorf("an unknown NATS client: %v", err)
 	}
 	lo, hi, err := sim.ParsePullTime("200ms-2s")
 	if err != nil || lo != 200*time.Millisecond || hi != 2*time.Second {

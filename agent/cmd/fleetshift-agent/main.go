@@ -161,6 +161,7 @@ func simCmd() *cobra.Command {
 			if cfg.PullMin, cfg.PullMax, err = sim.ParsePullTime(pullTime); err != nil {
 				return err
 			}
+			sim.SetGC()
 			cfg.Transport = transport
 			cfg.AdminToken = token
 			cfg.Seed = seed
@@ -178,6 +179,7 @@ func simCmd() *cobra.Command {
 	f.StringVar(&cfg.ProvisioningKey, "provisioning-key", env("FLEETSHIFT_PROVISIONING_KEY", ""), "fleet provisioning key")
 	f.IntVar(&cfg.Devices, "devices", 100, "number of simulated devices")
 	f.StringVar(&transport, "transport", "nats", "nats (one connection per device) or http (shared HTTP pool, polling)")
+	f.StringVar(&cfg.NATSClient, "nats-client", sim.NATSClientLight, "each device's NATS client: light (the simulator's own, a fraction of the memory) or nats.go (the agent's)")
 	f.StringArrayVar(&cfg.Images, "image", nil, "image the devices start on (repeatable: one service each)")
 	f.StringArrayVar(&failRates, "fail-rate", nil, "GLOB=P: a device updated to a matching image ends unhealthy with probability P (repeatable)")
 	f.IntVar(&cfg.FailAttempts, "fail-attempts", 0, "with --fail-rate: a failing device fails only its first N starts of an image, and a retry beyond them runs healthy (0: always fails)")

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 
@@ -78,6 +79,7 @@ func runSim(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	sim.SetGC() // as `fleetshift-agent sim` does
 	lo, hi, err := sim.ParsePullTime(a.Pull)
 	if err != nil {
 		return err
@@ -93,6 +95,33 @@ func runSim(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { bench.WaitStdinClosed(); cancel() }()
+	go func() {
+		bench.WaitStdinClosed()
+		if path := os.Getenv(bench.EnvSimHeapProfile); path != "" {
+			if err := writeHeapProfile(path, a.Devices); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+		}
+		cancel()
+	}()
 	return s.Run(ctx)
+}
+
+// writeHeapProfile writes the simulator's heap profile while its devices still run, and one line of
+// where its memory is.
+func writeHeapProfile(path string, devices int) error {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "%d devices: %d goroutines, heap in use %d MiB, stacks %d MiB, runtime total %d MiB\n",
+		devices, runtime.NumGoroutine(), ms.HeapInuse>>20, ms.StackInuse>>20, ms.Sys>>20)
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
 }

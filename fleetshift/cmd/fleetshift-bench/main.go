@@ -1,6 +1,6 @@
 // Command fleetshift-bench is fleetshift's benchmark harness (docs/benchmarks.md):
 //
-//	fleetshift-bench -set quick|full [-out docs/benchmarks.md] [-only name,...] [-pin] [-cpuprofile dir]
+//	fleetshift-bench -set quick|full [-out docs/benchmarks.md] [-only name,...] [-pin] [-cpuprofile dir] [-sim-devices N]
 //
 // It creates a fresh database on the server of DATABASE_URL (or TEST_DATABASE_URL), runs fleetshift and
 // its load generators as separate processes, and prints the name | fleetshift | baseline | ratio | goal |
@@ -51,13 +51,17 @@ func runBench(ctx context.Context, args []string) error {
 	out := fs.String("out", "", "write the report (Markdown) to this file, e.g. ../docs/benchmarks.md")
 	only := fs.String("only", "", "comma-separated measurements to run: "+strings.Join(bench.Names(), ", "))
 	pin := fs.Bool("pin", false, "pin the server to CPU 0 and load generators to CPU 1")
-	profiles := fs.String("cpuprofile", "", "write a CPU profile of the server per measurement group into this directory")
+	profiles := fs.String("cpuprofile", "", "write a CPU profile of the server per measurement group (and a heap profile of the simulator) into this directory")
+	simDevices := fs.Int("sim-devices", 0, "run rollout_100k and rss_sim_100k at this many simulated devices instead of the set's size")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	sizes, err := bench.SetSizes(*set)
 	if err != nil {
 		return err
+	}
+	if *simDevices > 0 {
+		sizes.RolloutLarge = *simDevices
 	}
 	groups, err := bench.ParseOnly(*only)
 	if err != nil {

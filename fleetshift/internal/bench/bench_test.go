@@ -268,3 +268,42 @@ func TestPrefixWriter(t *testing.T) {
 	_, _ = w.Write([]byte("o\n"))
 	require.Equal(t, "server: one\nserver: two\n", b.String())
 }
+
+// TestSimMemoryRow: measured at the full size the row is the peak itself; measured at fewer devices (the
+// open-file limit) it is a projection, labelled so in its text and note, judged on the projection.
+func TestSimMemoryRow(t *testing.T) {
+	t.Parallel()
+	full := simMemoryRow(1000, 1000, ProcStatus{PeakRSS: 100 << 20}, nil)
+	require.NoError(t, full.Err)
+	require.Equal(t, 100.0, full.Value)
+	require.Equal(t, "100 MiB (102 KiB per device)", full.Text)
+	require.NotContains(t, full.Note, "PROJECTION")
+	require.True(t, full.Pass)
+
+	proj := simMemoryRow(100_000, 15_000, ProcStatus{PeakRSS: 15_000 * 30 << 10}, nil) // 30 KiB per device
+	require.NoError(t, proj.Err)
+	require.InDelta(t, 100_000*30.0/1024, proj.Value, 0.01)
+	require.Equal(t, "projected 2,930 MiB at 100,000 devices (measured 439 MiB at 15,000 devices: 30.0 KiB per device)", proj.Text)
+	require.Contains(t, proj.Note, "PROJECTION")
+	require.Contains(t, proj.Note, "15,000 devices, the most RLIMIT_NOFILE allows")
+	require.True(t, proj.Pass)
+	require.False(t, simMemoryRow(100_000, 15_000, ProcStatus{PeakRSS: 15_000 * 50 << 10}, nil).Pass)
+
+	partial := simMemoryRow(100_000, 15_000, ProcStatus{PeakRSS: 15_000 * 30 << 10}, errors.New("rollout x covered 15001 devices"))
+	require.NoError(t, partial.Err)
+	require.Contains(t, partial.Note, "did not finish (rollout x covered 15001 devices)")
+
+	none := simMemoryRow(100_000, 15_000, ProcStatus{}, errors.New("registration failed"))
+	require.ErrorContains(t, none.Err, "no simulator: registration failed")
+}
+
+// TestMaxFileLimitDevices: the hard limit less the margin, in thousands, and CheckFileLimit accepts it.
+func TestMaxFileLimitDevices(t *testing.T) {
+	n, err := MaxFileLimitDevices()
+	require.NoError(t, err)
+	require.Zero(t, n%1000)
+	if n < 1<<30 {
+		require.NoError(t, CheckFileLimit(n))
+		require.Error(t, CheckFileLimit(n+1000+fileMargin))
+	}
+}

@@ -35,3 +35,20 @@ func CheckFileLimit(n int) error {
 	return fmt.Errorf("%d NATS devices need %d open files in the simulator and in the server; RLIMIT_NOFILE allows %d (hard limit %d, not raisable here)",
 		n, want, lim.Cur, lim.Max)
 }
+
+// MaxFileLimitDevices is the most NATS devices CheckFileLimit can allow here (the hard limit less the
+// margin), rounded down to a thousand.
+func MaxFileLimitDevices() (int, error) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Max == unix.RLIM_INFINITY || lim.Max > 1<<30 {
+		return 1 << 30, nil
+	}
+	n := int(lim.Max) - fileMargin
+	if n >= 1000 {
+		n -= n % 1000
+	}
+	return max(n, 0), nil
+}

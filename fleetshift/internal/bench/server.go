@@ -53,6 +53,8 @@ type ServerOptions struct {
 // Env variables the server child reads besides fleetshift's own configuration.
 const (
 	EnvCPUProfile = "FLEETSHIFT_BENCH_CPUPROFILE"
+	// EnvSimHeapProfile is where the simulator child writes a heap profile when told to stop.
+	EnvSimHeapProfile = "FLEETSHIFT_BENCH_SIM_HEAPPROFILE"
 )
 
 // StartServer runs `<bench> server` over a fresh data dir: all-in-one fleetshift with embedded
