@@ -24,6 +24,12 @@ type Config struct {
 	NATSURL string
 	// NATSCredentials authenticates services against an external NATS (NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN).
 	NATSUser, NATSPassword, NATSToken, NATSCreds string
+	// NATSSystemUser and NATSSystemPassword are a user of an external NATS cluster's system account
+	// (FLEETSHIFT_NATS_SYSTEM_USER, FLEETSHIFT_NATS_SYSTEM_PASSWORD; the password defaults to
+	// NATS_PASSWORD): healthwatch follows the server's connect and disconnect advisories through it, so a
+	// device whose connection closes is offline at once. Unset: offline by missed heartbeats only. The
+	// embedded server has its own system user and ignores these.
+	NATSSystemUser, NATSSystemPassword string
 	// NATSIssuerSeed is the account seed signing device/operator NATS credentials through the auth
 	// callout (FLEETSHIFT_NATS_ISSUER_SEED); generated into the data dir for the embedded server. With an
 	// external cluster, configure its auth_callout issuer with the matching public key.
@@ -80,6 +86,8 @@ func FromLookup(lookup func(string) (string, bool)) (Config, error) {
 		HTTPAddr:           cmp.Or(get("FLEETSHIFT_HTTP_ADDR"), ":3001"),
 		NATSAddr:           cmp.Or(get("FLEETSHIFT_NATS_ADDR"), "127.0.0.1:4222"),
 		PublicNATSURL:      get("FLEETSHIFT_PUBLIC_NATS_URL"),
+		NATSSystemUser:     get("FLEETSHIFT_NATS_SYSTEM_USER"),
+		NATSSystemPassword: cmp.Or(get("FLEETSHIFT_NATS_SYSTEM_PASSWORD"), get("NATS_PASSWORD")),
 		DataDir:            cmp.Or(get("FLEETSHIFT_DATA_DIR"), ".data"),
 		AdminToken:         get("FLEETSHIFT_ADMIN_TOKEN"),
 		WebhookToken:       get("FLEETSHIFT_WEBHOOK_TOKEN"),

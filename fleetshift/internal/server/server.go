@@ -90,7 +90,8 @@ type Server struct {
 
 	Pool *pgxpool.Pool
 	NC   *nats.Conn
-	// SystemNC is the connection to the embedded server's system account (nil with NATS_URL).
+	// SystemNC is the connection to the NATS system account: the embedded server's, or an external
+	// cluster's with FLEETSHIFT_NATS_SYSTEM_USER (nil otherwise).
 	SystemNC *nats.Conn
 	JS       jetstream.JetStream
 	Subjects streams.Subjects
@@ -214,11 +215,18 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.NC, err = broker.Connect(s.NATSURL, "fleetshift", creds); err != nil {
 		return nil, natsError(s.NATSURL, err)
 	}
-	if s.Embedded != nil {
-		// Device presence: connect and disconnect advisories live in the system account.
+	// Device presence: connect and disconnect advisories live in the system account, reached through
+	// the embedded server's own system user or, on an external cluster, the one configured.
+	switch {
+	case s.Embedded != nil:
 		if s.SystemNC, err = broker.Connect(s.NATSURL, "fleetshift-presence",
 			broker.Credentials{User: broker.SystemUser, Password: creds.Password}); err != nil {
 			return nil, natsError(s.NATSURL, err)
+		}
+	case cfg.NATSSystemUser != "" && slices.Contains(roles, RoleHealthwatch):
+		if s.SystemNC, err = broker.Connect(s.NATSURL, "fleetshift-presence",
+			broker.Credentials{User: cfg.NATSSystemUser, Password: cfg.NATSSystemPassword}); err != nil {
+			return nil, fmt.Errorf("system account user %s (FLEETSHIFT_NATS_SYSTEM_USER): %w", cfg.NATSSystemUser, natsError(s.NATSURL, err))
 		}
 	}
 	if s.JS, err = jetstream.New(s.NC); err != nil {
