@@ -137,6 +137,34 @@ func (b *bundle) rollout(spec rolloutSpec) string {
 
 // dispatch does what the dispatcher does for DispatchV1{id, k}: batch k's pending devices get the new
 // image and become scheduled with a health deadline; current_batch = k.
+// scheduleFrom moves the devices rows yields (device_uuid, apps) to newImage and marks their pending
+// rows of rollout id scheduled with a health deadline timeout seconds away, as the dispatcher does; it
+// returns how many it scheduled.
+func (b *bundle) scheduleFrom(tx pgx.Tx, id string, rows pgx.Rows, newImage string, timeout int) int {
+	b.t.Helper()
+	var writes []target.Write
+	for rows.Next() {
+		var u string
+		var apps target.Apps
+		require.NoError(b.t, rows.Scan(&u, &apps))
+		moved, _, _ := target.SetImage(apps, "docker.io/acme/app", newImage, nil)
+		writes = append(writes, target.Write{DeviceUUID: u, Apps: moved})
+	}
+	require.NoError(b.t, rows.Err())
+	written, err := target.Apply(b.ctx, tx, writes)
+	require.NoError(b.t, err)
+	uuids, versions := make([]string, len(written)), make([]int64, len(written))
+	for i, w := range written {
+		uuids[i], versions[i] = w.DeviceUUID, w.Version
+	}
+	_, err = tx.Exec(b.ctx, `UPDATE device_rollout_status s SET status = 'scheduled', scheduled_at = now(),
+		target_version = u.v, health_deadline = now() + make_interval(secs => $3)
+		FROM unnest($2::text[], $4::bigint[]) AS u(d, v)
+		WHERE s.rollout_id = $1 AND s.device_uuid = u.d AND s.status = 'pending'`, id, uuids, timeout, versions)
+	require.NoError(b.t, err)
+	return len(uuids)
+}
+
 func (b *bundle) dispatch(id string, k int) {
 	b.t.Helper()
 	b.tx(func(tx pgx.Tx) {
@@ -148,26 +176,7 @@ func (b *bundle) dispatch(id string, k int) {
 			JOIN device_target_state t ON t.device_uuid = s.device_uuid
 			WHERE s.rollout_id = $1 AND s.batch_number = $2 AND s.status = 'pending'`, id, k)
 		require.NoError(b.t, err)
-		var writes []target.Write
-		for rows.Next() {
-			var u string
-			var apps target.Apps
-			require.NoError(b.t, rows.Scan(&u, &apps))
-			moved, _, _ := target.SetImage(apps, "docker.io/acme/app", newImage, nil)
-			writes = append(writes, target.Write{DeviceUUID: u, Apps: moved})
-		}
-		require.NoError(b.t, rows.Err())
-		written, err := target.Apply(b.ctx, tx, writes)
-		require.NoError(b.t, err)
-		uuids, versions := make([]string, len(written)), make([]int64, len(written))
-		for i, w := range written {
-			uuids[i], versions[i] = w.DeviceUUID, w.Version
-		}
-		_, err = tx.Exec(b.ctx, `UPDATE device_rollout_status s SET status = 'scheduled', scheduled_at = now(),
-			target_version = u.v, health_deadline = now() + make_interval(secs => $3)
-			FROM unnest($2::text[], $4::bigint[]) AS u(d, v)
-			WHERE s.rollout_id = $1 AND s.device_uuid = u.d AND s.status = 'pending'`, id, uuids, timeout, versions)
-		require.NoError(b.t, err)
+		b.scheduleFrom(tx, id, rows, newImage, timeout)
 		_, err = tx.Exec(b.ctx, `UPDATE image_rollouts SET current_batch = greatest(current_batch, $2) WHERE rollout_id = $1`, id, k)
 		require.NoError(b.t, err)
 	})

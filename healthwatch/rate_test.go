@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetshift/fleetshift/shared/logging"
-	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -106,28 +105,9 @@ func (b *bundle) rateChunks(id string) int {
 				JOIN device_target_state t ON t.device_uuid = s.device_uuid
 				WHERE s.rollout_id = $1 AND s.status = 'pending' ORDER BY s.device_uuid LIMIT $2`, id, d.UpTo-dispatched)
 			require.NoError(b.t, err)
-			var writes []target.Write
-			for rows.Next() {
-				var u string
-				var apps target.Apps
-				require.NoError(b.t, rows.Scan(&u, &apps))
-				moved, _, _ := target.SetImage(apps, "docker.io/acme/app", newImg, nil)
-				writes = append(writes, target.Write{DeviceUUID: u, Apps: moved})
-			}
-			require.NoError(b.t, rows.Err())
-			written, err := target.Apply(b.ctx, tx, writes)
-			require.NoError(b.t, err)
-			uuids, versions := make([]string, len(written)), make([]int64, len(written))
-			for i, w := range written {
-				uuids[i], versions[i] = w.DeviceUUID, w.Version
-			}
-			_, err = tx.Exec(b.ctx, `UPDATE device_rollout_status s SET status = 'scheduled', scheduled_at = now(),
-				target_version = u.v, health_deadline = now() + make_interval(secs => $3)
-				FROM unnest($2::text[], $4::bigint[]) AS u(d, v)
-				WHERE s.rollout_id = $1 AND s.device_uuid = u.d AND s.status = 'pending'`, id, uuids, timeout, versions)
-			require.NoError(b.t, err)
+			n := b.scheduleFrom(tx, id, rows, newImg, timeout)
 			_, err = tx.Exec(b.ctx, `UPDATE image_rollouts SET current_batch = 1, rate_dispatched = rate_dispatched + $2
-				WHERE rollout_id = $1`, id, len(uuids))
+				WHERE rollout_id = $1`, id, n)
 			require.NoError(b.t, err)
 		})
 	}

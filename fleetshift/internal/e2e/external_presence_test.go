@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -92,15 +91,5 @@ func TestExternalClusterDisconnectIsOfflineAtOnce(t *testing.T) {
 		return nil
 	})
 	stop()
-	wait.For(t, 30*time.Second, func() error {
-		var n int
-		if err := e.srv.Pool.QueryRow(context.Background(), `SELECT count(*) FROM rollout_events ev JOIN devices x ON x.uuid = ev.device_uuid
-			WHERE x.fleet_id = 'extdisc' AND ev.event_type = 'device.offline' AND ev.data->>'reason' = 'disconnected'`).Scan(&n); err != nil {
-			return err
-		}
-		if on, off, _, _ := e.presenceCounts("extdisc"); on != 0 || off != 2 || n != 2 {
-			return fmt.Errorf("online %d, offline %d, disconnected events %d", on, off, n)
-		}
-		return nil
-	})
+	e.waitDisconnected("extdisc", 2)
 }

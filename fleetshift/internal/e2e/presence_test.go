@@ -27,6 +27,23 @@ func (e *env) presenceCounts(fleet string) (online, offline, onlineEvents, offli
 	return
 }
 
+// waitDisconnected waits until all n devices of fleet are offline, each with one device.offline event
+// of reason "disconnected" (the server's disconnect advisory, not missed heartbeats).
+func (e *env) waitDisconnected(fleet string, n int) {
+	e.t.Helper()
+	wait.For(e.t, 30*time.Second, func() error {
+		var events int
+		if err := e.srv.Pool.QueryRow(context.Background(), `SELECT count(*) FROM rollout_events ev JOIN devices x ON x.uuid = ev.device_uuid
+			WHERE x.fleet_id = $1 AND ev.event_type = 'device.offline' AND ev.data->>'reason' = 'disconnected'`, fleet).Scan(&events); err != nil {
+			return err
+		}
+		if on, off, _, _ := e.presenceCounts(fleet); on != 0 || off != n || events != n {
+			return fmt.Errorf("online %d, offline %d, disconnected events %d", on, off, events)
+		}
+		return nil
+	})
+}
+
 // TestDevicesGoOfflineAndOnline: simulated devices heartbeating are online; stopped, they go offline
 // after the missed heartbeats (device.offline events); started again with the same identities they
 // come back online (device.online events).
@@ -213,17 +230,7 @@ func TestDisconnectedDeviceIsOfflineAtOnce(t *testing.T) {
 		return nil
 	})
 	stop()
-	wait.For(t, 30*time.Second, func() error {
-		var n int
-		if err := e.srv.Pool.QueryRow(context.Background(), `SELECT count(*) FROM rollout_events ev JOIN devices x ON x.uuid = ev.device_uuid
-			WHERE x.fleet_id = 'disc' AND ev.event_type = 'device.offline' AND ev.data->>'reason' = 'disconnected'`).Scan(&n); err != nil {
-			return err
-		}
-		if on, off, _, _ := e.presenceCounts("disc"); on != 0 || off != 2 || n != 2 {
-			return fmt.Errorf("online %d, offline %d, disconnected events %d", on, off, n)
-		}
-		return nil
-	})
+	e.waitDisconnected("disc", 2)
 	e.runSim("disc", 2, []string{"acme/app:1.0"}, func(c *sim.Config) { c.StateDir = state })
 	wait.For(t, 60*time.Second, func() error {
 		if on, _, evOn, _ := e.presenceCounts("disc"); on != 2 || evOn != 4 {
