@@ -12,11 +12,14 @@
 package streams
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -147,6 +150,10 @@ type Options struct {
 	Replicas int
 	// Memory keeps streams in memory instead of on disk (tests).
 	Memory bool
+	// Wait is how long Ensure keeps asking a JetStream that does not answer yet (an embedded server
+	// still recovering its store after a crash, a cluster without a meta leader); default 2m. Each
+	// attempt waits at most Attempt (default 10s).
+	Wait, Attempt time.Duration
 }
 
 // StreamConfigs returns the configuration of every stream.
@@ -227,12 +234,46 @@ func (s Subjects) StreamConfigs(o Options) []jetstream.StreamConfig {
 
 // Ensure creates or updates every stream. It is idempotent and safe to call from every replica at start.
 func (s Subjects) Ensure(ctx context.Context, js jetstream.JetStream, o Options) error {
+	wait, attempt := cmp.Or(o.Wait, 2*time.Minute), cmp.Or(o.Attempt, 10*time.Second)
 	for _, cfg := range s.StreamConfigs(o) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		if err := ensureStream(ctx, js, cfg, wait, attempt); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// ensureStream creates or updates one stream. A JetStream that times out or says it is unavailable
+// (503) is asked again with backoff for up to wait: after a kill -9 an embedded server answers its
+// first requests only once it has recovered its store, which for large streams outlasts one request.
+// Any other error is returned at once.
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, wait, attempt time.Duration) error {
+	deadline := time.Now().Add(wait)
+	pause := 250 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		_, err := js.CreateOrUpdateStream(actx, cfg)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || !unavailable(err) || time.Now().Add(pause).After(deadline) {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 5*time.Second)
+	}
+}
+
+// unavailable tells whether a JetStream API error means "not now" rather than "no".
+func unavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
 
 // ConsumerConfig returns the shared durable consumer a service uses on a stream. Several replicas bind
