@@ -534,7 +534,12 @@ func (e *env) inject(ctx context.Context, f Fault) Fault {
 				return f
 			}
 			f.Note = how
-			sleep(f.Down)
+			cutAt := time.Now()
+			// The cut must be one: the node's monitoring port, reached from outside, stops answering.
+			if poll(ctx, 5*time.Second, 100*time.Millisecond, "cut", func() (bool, error) { return !n.healthy(ctx), nil }) != nil {
+				f.Note += " (yet the node still answered /healthz)"
+			}
+			sleep(f.Down - time.Since(cutAt))
 			t := time.Now()
 			if err := e.nats.restore(n); err != nil {
 				f.Note += "; restore failed: " + err.Error()
