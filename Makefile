@@ -78,10 +78,12 @@ bench-quick:
 	cd fleetshift && $(GO) run ./cmd/fleetshift-bench -set quick
 
 # Fault injection (docs/reliability.md, "Chaos"): seeded runs of a staged rollout over 2,000 simulated
-# devices with kill -9, PostgreSQL stops, devices cut off and poison messages; exits non-zero on any
-# violated invariant. Needs initdb/pg_ctl (the harness owns its PostgreSQL). Not part of `make test`.
+# devices with kill -9, PostgreSQL stops, devices cut off and poison messages, and in cluster mode a
+# 3-node NATS cluster with a node killed or cut off; exits non-zero on any violated invariant. Needs
+# initdb/pg_ctl (the harness owns its PostgreSQL); the cut uses `ip netns` as root (else SIGSTOP). MODE=
+# forces serve, services or cluster. Not part of `make test`.
 chaos:
-	cd fleetshift && $(GO) run ./cmd/fleetshift-chaos -runs $(or $(RUNS),50) -seed $(or $(SEED),1)
+	cd fleetshift && $(GO) run ./cmd/fleetshift-chaos -runs $(or $(RUNS),50) -seed $(or $(SEED),1) $(if $(MODE),-mode $(MODE))
 
 # The short seeded set CI runs: the same seeds and faults over 500 devices, to stay within minutes.
 chaos-short:

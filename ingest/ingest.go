@@ -286,6 +286,9 @@ func (s *Service) message(p registry.Push, received time.Time) streams.PushV1 {
 	}
 }
 
+// publishRetryWait is the pause between publish attempts while the pushes stream has no leader.
+const publishRetryWait = 250 * time.Millisecond
+
 // publish stores m on the push subject with its event id as Nats-Msg-Id and reports whether JetStream
 // already held it.
 func (s *Service) publish(ctx context.Context, m streams.PushV1) (duplicate bool, err error) {
@@ -295,8 +298,12 @@ func (s *Service) publish(ctx context.Context, m streams.PushV1) (duplicate bool
 	}
 	msg := &nats.Msg{Subject: s.cfg.Subjects.Push(), Data: data, Header: nats.Header{}}
 	msg.Header.Set(streams.HeaderKind, KindPushV1)
+	// A stream without a leader (a NATS node rejoining a cluster starts an election) answers no responders
+	// for a second or two: try again until the publish timeout rather than answer 503 at once, since a
+	// registry may not redeliver (nats.go alone gives up after 2 retries, 0.5 s).
 	ack, err := s.cfg.JS.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(m.EventID), jetstream.WithExpectStream(s.cfg.Subjects.PushesStream()))
+		jetstream.WithMsgID(m.EventID), jetstream.WithExpectStream(s.cfg.Subjects.PushesStream()),
+		jetstream.WithRetryWait(publishRetryWait), jetstream.WithRetryAttempts(int(s.cfg.PublishTimeout/publishRetryWait)+1))
 	if err != nil {
 		return false, fmt.Errorf("publish push %s: %w", m.EventID, err)
 	}

@@ -327,6 +327,25 @@ func TestUnavailableWithoutAck(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(b.svc.webhooks.WithLabelValues(registry.GitHub, OutcomeUnavailable)))
 }
 
+// A stream without a leader answers no responders until an election ends (a NATS node rejoining a cluster
+// starts one): the webhook waits that out within its publish timeout instead of answering 503 at once.
+func TestPushWaitsOutAStreamWithoutLeader(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.PublishTimeout = 10 * time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.ns.JS.DeleteStream(ctx, b.ns.Subjects.PushesStream()))
+	back := make(chan error, 1)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		back <- b.ns.Subjects.Ensure(ctx, b.ns.JS, streams.Options{})
+	}()
+	r := b.do(t, signedGHCR(ghcrPush, "delivery-election"))
+	require.NoError(t, <-back)
+	require.Equal(t, http.StatusAccepted, r.status, "%v", r.body)
+	require.Len(t, b.storedPushes(t), 1)
+}
+
 func TestGitHubSignatureVector(t *testing.T) {
 	t.Parallel()
 	const want = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"

@@ -1,12 +1,13 @@
 // Command fleetshift-chaos is fleetshift's fault-injection harness (docs/reliability.md, "Chaos"):
 //
-//	fleetshift-chaos [-runs 50] [-seed 1] [-devices 2000] [-sims 4] [-timeout 6m]
+//	fleetshift-chaos [-runs 50] [-seed 1] [-devices 2000] [-sims 4] [-timeout 6m] [-mode serve|services|cluster]
 //
 // Each seeded run starts fleetshift (all-in-one `serve`, or separate planner, dispatcher and healthwatch
-// replicas) over a PostgreSQL cluster it owns, 2,000 simulated devices in their own processes, pushes an
-// image and injects seeded faults while the staged rollout runs, then checks the invariants. It prints a
-// table per run and `chaos: N runs, V violations`, and exits non-zero on any violation. The hidden
-// subcommands `server` and `sim` are its child processes.
+// replicas, over the core's embedded NATS or a 3-node NATS cluster) over a PostgreSQL cluster it owns,
+// 2,000 simulated devices in their own processes, pushes an image and injects seeded faults while the
+// staged rollout runs, then checks the invariants. It prints a table per run and `chaos: N runs, V
+// violations`, and exits non-zero on any violation. The hidden subcommands `server`, `sim` and `nats`
+// (a nats-server node of cluster mode) are its child processes.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +38,8 @@ func main() {
 		err = runServer(ctx)
 	case len(os.Args) > 1 && os.Args[1] == "sim":
 		err = runSim(ctx, os.Args[2:])
+	case len(os.Args) > 1 && os.Args[1] == "nats":
+		err = runNATS(ctx, os.Args[2:])
 	default:
 		err = runChaos(ctx, os.Args[1:])
 	}
@@ -53,11 +57,15 @@ func runChaos(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Devices, "devices", 2000, "simulated devices per run")
 	fs.IntVar(&o.Sims, "sims", 4, "simulator processes the devices are spread over")
 	fs.DurationVar(&o.Timeout, "timeout", 6*time.Minute, "longest a run's rollout may take to settle")
+	fs.StringVar(&o.Mode, "mode", "", "force every run's mode: "+strings.Join(chaos.Modes, ", ")+" (default: seeded)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.Runs < 1 || o.Devices < o.Sims || o.Sims < 1 {
 		return fmt.Errorf("-runs must be >= 1 and -devices >= -sims >= 1")
+	}
+	if o.Mode != "" && !slices.Contains(chaos.Modes, o.Mode) {
+		return fmt.Errorf("-mode %q: want one of %s", o.Mode, strings.Join(chaos.Modes, ", "))
 	}
 	results, err := chaos.Run(ctx, o)
 	if err != nil {
@@ -105,6 +113,19 @@ func runServer(ctx context.Context) error {
 	}
 	srv.Shutdown()
 	return srv.Err()
+}
+
+// runNATS is a nats-server node of cluster mode, from the configuration file of -config.
+func runNATS(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("nats", flag.ContinueOnError)
+	conf := fs.String("config", "", "nats-server configuration file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *conf == "" {
+		return fmt.Errorf("nats: -config is required")
+	}
+	return chaos.RunNATSNode(ctx, *conf)
 }
 
 // runSim is a simulator process (agent/sim) running until stdin closes.

@@ -39,11 +39,20 @@ func (c *Child) Pid() int { return c.cmd.Process.Pid }
 // StartChild re-executes this binary with args and extra environment, waits until it prints its hello
 // line (within timeout) and returns it running. The child stops when its stdin closes (Stop).
 func StartChild(ctx context.Context, name string, args, env []string, timeout time.Duration) (*Child, error) {
+	return StartChildWrapped(ctx, name, nil, args, env, timeout)
+}
+
+// StartChildWrapped is StartChild with this binary run through wrapper, a command that execs its
+// arguments in place (e.g. `ip netns exec NAME`): the child's pid is still this binary's.
+func StartChildWrapped(ctx context.Context, name string, wrapper, args, env []string, timeout time.Duration) (*Child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: find own executable: %w", name, err)
 	}
 	cmd := exec.Command(exe, args...)
+	if len(wrapper) > 0 {
+		cmd = exec.Command(wrapper[0], append(append(wrapper[1:len(wrapper):len(wrapper)], exe), args...)...)
+	}
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = &prefixWriter{prefix: name + ": ", w: os.Stderr}
 	stdin, err := cmd.StdinPipe()

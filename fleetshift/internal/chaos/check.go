@@ -53,6 +53,22 @@ func (e *env) check(ctx context.Context, p plan, seed uint64, res *Result) []str
 		busy, _ := e.busyConsumers(ctx)
 		add("unacknowledged after settle: %s", strings.Join(busy, ", "))
 	}
+	// Cluster mode: every stream and durable consumer back at full redundancy, a leader and its other
+	// replicas current (none offline or lagging), once the faults are over.
+	if e.nats != nil {
+		var last []string
+		if err := poll(ctx, 2*time.Minute, 500*time.Millisecond, "replicas current", func() (bool, error) {
+			probs, err := replicaProblems(ctx, e.js, natsReplicas, true)
+			if err != nil {
+				last = []string{err.Error()}
+				return false, nil
+			}
+			last = probs
+			return len(probs) == 0, nil
+		}); err != nil {
+			add("replicas not current after settle: %s", strings.Join(last, "; "))
+		}
+	}
 	if e.poisoned {
 		if err := e.checkDeadLetters(ctx); err != nil {
 			add("%v", err)

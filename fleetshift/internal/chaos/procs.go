@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -84,7 +85,8 @@ func freeAddr() (string, error) {
 
 // deployment is the fleetshift processes of a run: one `serve` (mode serve), or a core process (embedded
 // NATS, ingest, stateapi, notifier) plus two replicas each of planner, dispatcher and healthwatch as
-// separate processes (mode services).
+// separate processes (mode services). In mode cluster the processes are those of mode services, and the
+// core embeds no NATS: every process connects to the three nodes of the run's cluster.
 type deployment struct {
 	mode    string
 	core    *proc
@@ -97,7 +99,14 @@ type deployment struct {
 
 func (d *deployment) all() []*proc { return append([]*proc{d.core}, d.workers...) }
 
-func startDeployment(ctx context.Context, mode, dbURL, dataDir, adminToken, webhookToken, svcPass string) (*deployment, error) {
+// externalNATS is the cluster a cluster-mode deployment connects to.
+type externalNATS struct {
+	// urls is NATS_URL (every node) and what devices are handed; issuerSeed signs the auth callout's
+	// answers (the nodes trust its public key).
+	urls, issuerSeed string
+}
+
+func startDeployment(ctx context.Context, mode, dbURL, dataDir, adminToken, webhookToken, svcPass string, ext *externalNATS) (*deployment, error) {
 	httpAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -114,20 +123,27 @@ func startDeployment(ctx context.Context, mode, dbURL, dataDir, adminToken, webh
 		"FLEETSHIFT_LOG_LEVEL=" + cmp.Or(os.Getenv(EnvLogLevel), "error"),
 		"FLEETSHIFT_LOG_FORMAT=console",
 	}
+	separate := mode == ModeServices || mode == ModeCluster
 	coreRoles := ""
-	if mode == ModeServices {
+	if separate {
 		coreRoles = "ingest,stateapi,notifier"
 	}
-	d.core = &proc{name: "serve", env: append(common,
-		"FLEETSHIFT_HTTP_ADDR="+httpAddr, "FLEETSHIFT_NATS_ADDR="+natsAddr, "FLEETSHIFT_DATA_DIR="+dataDir,
-		"NATS_URL=", EnvRoles+"="+coreRoles)}
-	if mode == ModeServices {
+	coreNATS := []string{"NATS_URL=", "FLEETSHIFT_NATS_ADDR=" + natsAddr}
+	if ext != nil {
+		common = append(common, "NATS_USER="+broker.ServiceUser, "NATS_PASSWORD="+svcPass,
+			"FLEETSHIFT_NATS_ISSUER_SEED="+ext.issuerSeed, fmt.Sprintf("FLEETSHIFT_STREAM_REPLICAS=%d", natsReplicas),
+			"FLEETSHIFT_PUBLIC_NATS_URL="+ext.urls)
+		coreNATS = []string{"NATS_URL=" + ext.urls}
+	}
+	d.core = &proc{name: "serve", env: append(append(slices.Clone(common),
+		"FLEETSHIFT_HTTP_ADDR="+httpAddr, "FLEETSHIFT_DATA_DIR="+dataDir, EnvRoles+"="+coreRoles), coreNATS...)}
+	if separate {
 		d.core.name = "core"
 	}
 	if err := d.core.start(ctx); err != nil {
 		return nil, err
 	}
-	if mode == ModeServices {
+	if separate {
 		for _, role := range []string{"planner", "dispatcher", "healthwatch"} {
 			for i := range 2 {
 				dir := filepath.Join(dataDir, fmt.Sprintf("%s-%d", role, i))
@@ -135,7 +151,7 @@ func startDeployment(ctx context.Context, mode, dbURL, dataDir, adminToken, webh
 					d.stop()
 					return nil, fmt.Errorf("worker data dir: %w", err)
 				}
-				w := &proc{name: fmt.Sprintf("%s-%d", role, i), env: append(common,
+				w := &proc{name: fmt.Sprintf("%s-%d", role, i), env: append(slices.Clone(common),
 					"FLEETSHIFT_HTTP_ADDR=127.0.0.1:0", "FLEETSHIFT_DATA_DIR="+dir,
 					"NATS_URL="+d.core.hello.NATSURL, "NATS_USER="+broker.ServiceUser, "NATS_PASSWORD="+svcPass,
 					EnvRoles+"="+role)}

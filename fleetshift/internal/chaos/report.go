@@ -18,6 +18,9 @@ func printRun(w io.Writer, r Result) {
 		rows = append(rows, fmt.Sprintf("%s=%d", k, r.Rows[k]))
 	}
 	fmt.Fprintf(w, "  devices: %s\n", strings.Join(rows, " "))
+	if r.NATS != "" {
+		fmt.Fprintf(w, "  nats: %s\n", r.NATS)
+	}
 	fmt.Fprintf(w, "  | fault | target | at | down | recovery | note |\n")
 	for _, f := range r.Faults {
 		rec := "-"

@@ -3,7 +3,9 @@
 // (agent/sim, in their own processes) with a seeded failure mix, pushes one image, and while the staged
 // rollout runs injects seeded faults: kill -9 of `serve` or of one replica of a service, PostgreSQL
 // stopped for 10-30 s, a quarter of the devices cut off (SIGSTOP) and brought back, and poison messages.
-// After the rollout settles it checks the invariants (check.go) and prints a table row per run.
+// In cluster mode NATS is a 3-node JetStream cluster with R3 streams (natscluster.go), and a node is
+// killed (kill -9) or cut off from the others and the clients. After the rollout settles it checks the
+// invariants (check.go) and prints a table row per run.
 package chaos
 
 import (
@@ -21,9 +23,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/fleetshift/fleetshift/fleetshift/internal/secrets"
 	"github.com/fleetshift/fleetshift/shared/broker"
+	"github.com/fleetshift/fleetshift/shared/natsauth"
 	"github.com/fleetshift/fleetshift/shared/pg"
 	"github.com/fleetshift/fleetshift/streams"
 )
@@ -32,21 +36,29 @@ import (
 const (
 	ModeServe    = "serve"
 	ModeServices = "services"
+	// ModeCluster is mode services over a 3-node NATS cluster instead of the core's embedded NATS.
+	ModeCluster = "cluster"
 )
+
+// Modes lists the modes a run may have.
+var Modes = []string{ModeServe, ModeServices, ModeCluster}
 
 // Fault kinds.
 const (
-	FaultKill    = "kill-9"
-	FaultPG      = "pg-stop"
-	FaultCutoff  = "devices-cut"
-	FaultPoison  = "poison"
-	fleet        = "chaos"
-	repoName     = "chaos/app"
-	repository   = "docker.io/chaos/app"
-	oldTag       = "1.0"
-	newTag       = "2.0"
-	poisonRepo   = "chaos/poison"
-	failRateGlob = "chaos/app:2.*"
+	FaultKill   = "kill-9"
+	FaultPG     = "pg-stop"
+	FaultCutoff = "devices-cut"
+	FaultPoison = "poison"
+	// FaultNATSKill and FaultNATSCut happen in cluster mode only.
+	FaultNATSKill = "nats-kill-9"
+	FaultNATSCut  = "nats-cut"
+	fleet         = "chaos"
+	repoName      = "chaos/app"
+	repository    = "docker.io/chaos/app"
+	oldTag        = "1.0"
+	newTag        = "2.0"
+	poisonRepo    = "chaos/poison"
+	failRateGlob  = "chaos/app:2.*"
 )
 
 // Options configure Run.
@@ -57,6 +69,8 @@ type Options struct {
 	Devices int
 	// Sims is the number of simulator processes the devices are spread over.
 	Sims int
+	// Mode forces every run's mode (one of Modes); empty means the seeded choice.
+	Mode string
 	// Timeout bounds one rollout (push to settled).
 	Timeout time.Duration
 	// Out receives the tables; Progress one line per step.
@@ -74,9 +88,11 @@ type Fault struct {
 
 // Result is one run.
 type Result struct {
-	Run       int
-	Seed      uint64
-	Mode      string
+	Run  int
+	Seed uint64
+	Mode string
+	// NATS describes cluster mode's nodes (empty in the other modes).
+	NATS      string
 	FailP     float64
 	Rollback  bool
 	Faults    []Fault
@@ -133,24 +149,48 @@ type plan struct {
 	maxRate  float64
 	rollback bool
 	delay    int
-	faults   []Fault
+	// cutNode is the index of the NATS node that runs in the network namespace (cluster mode).
+	cutNode int
+	faults  []Fault
 }
 
-func choose(seed uint64) plan {
+// choose draws run seed's plan; force, when not empty, sets the mode. A third of the seeds are cluster
+// mode, by a draw of their own: the others keep the plan they had before cluster mode existed.
+func choose(seed uint64, force string) plan {
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
-	p := plan{mode: []string{ModeServe, ModeServices}[rng.IntN(2)], failP: []float64{0, 0.02, 0.05, 0.3}[rng.IntN(4)],
+	mode := []string{ModeServe, ModeServices}[rng.IntN(2)]
+	if rand.New(rand.NewPCG(seed, 0xc1057e4)).IntN(3) == 0 {
+		mode = ModeCluster
+	}
+	if force != "" {
+		mode = force
+	}
+	p := plan{mode: mode, failP: []float64{0, 0.02, 0.05, 0.3}[rng.IntN(4)],
 		maxRate: 0.15, rollback: rng.IntN(2) == 0, delay: rng.IntN(3)}
 	sec := func(lo, hi int) time.Duration { return time.Duration(lo+rng.IntN(hi-lo+1)) * time.Second }
 	kinds := []string{FaultKill, FaultPG, FaultCutoff}
 	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	kinds = kinds[:1+rng.IntN(len(kinds))]
+	if p.mode == ModeCluster {
+		// At least one NATS fault: what cluster mode is for.
+		nk := []string{FaultNATSKill, FaultNATSCut}
+		rng.Shuffle(len(nk), func(i, j int) { nk[i], nk[j] = nk[j], nk[i] })
+		kinds = append(kinds, nk[:1+rng.IntN(len(nk))]...)
+		p.cutNode = rng.IntN(natsNodes)
+	}
 	kinds = append(kinds, FaultPoison)
 	for _, k := range kinds {
 		f := Fault{Kind: k, At: sec(1, 20)}
 		switch k {
+		case FaultNATSKill:
+			f.Down = sec(0, 3)
+			f.Target = fmt.Sprintf("nats-%d", 1+rng.IntN(natsNodes))
+		case FaultNATSCut:
+			f.Down = sec(5, 20)
+			f.Target = fmt.Sprintf("nats-%d", 1+p.cutNode)
 		case FaultKill:
 			f.Down = sec(0, 3)
-			if p.mode == ModeServices {
+			if p.mode != ModeServe {
 				f.Target = fmt.Sprintf("%s-%d", []string{"planner", "dispatcher", "healthwatch"}[rng.IntN(3)], rng.IntN(2))
 			} else {
 				f.Target = "serve"
@@ -172,9 +212,11 @@ func choose(seed uint64) plan {
 
 // env is one run's running system and the harness's connections to it.
 type env struct {
-	o       Options
-	pgc     *pgCluster
-	dep     *deployment
+	o   Options
+	pgc *pgCluster
+	dep *deployment
+	// nats is the run's NATS cluster (cluster mode; nil otherwise).
+	nats    *natsCluster
 	sims    []*simProc
 	db      *pgxpool.Pool
 	dbURL   string
@@ -189,7 +231,7 @@ type env struct {
 }
 
 func runOne(ctx context.Context, o Options, cluster *pgCluster, dir string, n int, seed uint64) Result {
-	p := choose(seed)
+	p := choose(seed, o.Mode)
 	res := Result{Run: n, Seed: seed, Mode: p.mode, FailP: p.failP, Rollback: p.rollback, Rows: map[string]int{}}
 	fail := func(format string, args ...any) Result {
 		res.Violation = append(res.Violation, fmt.Sprintf(format, args...))
@@ -210,8 +252,16 @@ func runOne(ctx context.Context, o Options, cluster *pgCluster, dir string, n in
 		return fail("harness: %v", err)
 	}
 	e := &env{o: o, pgc: cluster, dbURL: scratch.URL, subj: streams.New("")}
+	var ext *externalNATS
+	if p.mode == ModeCluster {
+		if ext, err = e.startNATS(ctx, dir, n, p, svc.Secret); err != nil {
+			return fail("harness: %v", err)
+		}
+		defer e.nats.stop()
+		res.NATS = e.nats.describe()
+	}
 	admin, webhook := secrets.New(), secrets.New()
-	e.dep, err = startDeployment(ctx, p.mode, scratch.URL, dir, admin, webhook, svc.Secret)
+	e.dep, err = startDeployment(ctx, p.mode, scratch.URL, dir, admin, webhook, svc.Secret, ext)
 	if err != nil {
 		return fail("harness: %v", err)
 	}
@@ -276,6 +326,51 @@ func runOne(ctx context.Context, o Options, cluster *pgCluster, dir string, n in
 	res.Violation = append(res.Violation, e.check(ctx, p, seed, &res)...)
 	progress(o, "run %d: %s in %s, %d violations", n, status, res.Duration.Round(time.Second), len(res.Violation))
 	return res
+}
+
+// startNATS starts the run's 3-node cluster, trusting a new auth-callout issuer.
+func (e *env) startNATS(ctx context.Context, dir string, run int, p plan, svcPass string) (*externalNATS, error) {
+	seed, err := natsauth.NewIssuer()
+	if err != nil {
+		return nil, err
+	}
+	kp, err := nkeys.FromSeed([]byte(seed))
+	if err != nil {
+		return nil, err
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	if e.nats, err = startNATSCluster(ctx, filepath.Join(dir, "nats"), run, p.cutNode, svcPass, pub); err != nil {
+		return nil, err
+	}
+	progress(e.o, "   nats cluster up: %s; %s", e.nats.urls(), e.nats.describe())
+	return &externalNATS{urls: e.nats.urls(), issuerSeed: seed}, nil
+}
+
+// natsRecovered waits (3 min at most) until node n is healthy again (its /healthz: meta leader known,
+// its replicas current) and every stream has its leader and all its replicas current; it returns the
+// time since t and a note when that did not happen.
+func (e *env) natsRecovered(ctx context.Context, n *natsNode, t time.Time) (time.Duration, string) {
+	var last []string
+	err := poll(ctx, 3*time.Minute, 200*time.Millisecond, n.name+" rejoined with current replicas", func() (bool, error) {
+		if !n.healthy(ctx) {
+			last = []string{n.name + " /healthz not ok"}
+			return false, nil
+		}
+		probs, err := replicaProblems(ctx, e.js, natsReplicas, false)
+		if err != nil {
+			last = []string{err.Error()}
+			return false, nil
+		}
+		last = probs
+		return len(probs) == 0, nil
+	})
+	if err != nil {
+		return 0, fmt.Sprintf("%v (last: %s)", err, strings.Join(last, "; "))
+	}
+	return time.Since(t), ""
 }
 
 // setup creates the fleet's policy and starts the simulated devices on the old image.
@@ -423,6 +518,56 @@ func (e *env) inject(ctx context.Context, f Fault) Fault {
 		if err := s.restore(); err != nil {
 			f.Note = err.Error()
 		}
+	case FaultNATSKill, FaultNATSCut:
+		var n *natsNode
+		if e.nats != nil {
+			n = e.nats.node(f.Target)
+		}
+		if n == nil {
+			f.Note = "no such NATS node"
+			return f
+		}
+		if f.Kind == FaultNATSCut {
+			how, err := e.nats.cut(n)
+			if err != nil {
+				f.Note = err.Error()
+				return f
+			}
+			f.Note = how
+			cutAt := time.Now()
+			// The cut must be one: the node's monitoring port, reached from outside, stops answering.
+			if poll(ctx, 5*time.Second, 100*time.Millisecond, "cut", func() (bool, error) { return !n.healthy(ctx), nil }) != nil {
+				f.Note += " (yet the node still answered /healthz)"
+			}
+			sleep(f.Down - time.Since(cutAt))
+			t := time.Now()
+			if err := e.nats.restore(n); err != nil {
+				f.Note += "; restore failed: " + err.Error()
+				return f
+			}
+			var note string
+			f.Recovery, note = e.natsRecovered(ctx, n, t)
+			f.Note = strings.TrimSuffix(f.Note+"; "+note, "; ")
+			return f
+		}
+		n.kill()
+		sleep(f.Down)
+		t := time.Now()
+		var err error
+		for attempt := 1; attempt <= 5; attempt++ {
+			if err = n.start(ctx); err == nil {
+				break
+			}
+			f.Note = fmt.Sprintf("%d failed starts (last: %v)", attempt, err)
+		}
+		if err != nil {
+			f.Note = "restart failed: " + err.Error()
+			return f
+		}
+		var note string
+		f.Recovery, note = e.natsRecovered(ctx, n, t)
+		f.Note = strings.TrimPrefix(f.Note+"; "+note, "; ")
+		f.Note = strings.TrimSuffix(f.Note, "; ")
 	case FaultPoison:
 		f.Note = e.poison(ctx)
 	}
