@@ -130,14 +130,19 @@ func (s *Service) markMissed(ctx context.Context) (int, error) {
 		}
 		gone = append(gone, u)
 	}
-	return s.markOffline(ctx, gone, "missed_heartbeats", true)
+	return s.markOffline(ctx, gone, nil, "missed_heartbeats", true)
 }
 
-// markOffline marks devs offline (when online) and records the events. missed limits it to devices
-// still not seen for offlineAfter (the timer's second look, under the row lock).
-func (s *Service) markOffline(ctx context.Context, devs []string, reason string, missed bool) (int, error) {
+// markOffline marks devs offline (when online) and records the events: offline since ats[i] (a
+// disconnect advisory's time; nil ats: now), unless the device was seen after that. missed limits it to
+// devices still not seen for offlineAfter (the timer's second look, under the row lock).
+func (s *Service) markOffline(ctx context.Context, devs []string, ats []time.Time, reason string, missed bool) (int, error) {
 	if len(devs) == 0 {
 		return 0, nil
+	}
+	since := make([]*time.Time, len(devs))
+	for i := range ats {
+		since[i] = &ats[i]
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -145,15 +150,18 @@ func (s *Service) markOffline(ctx context.Context, devs []string, reason string,
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	rows, err := tx.Query(ctx, `
-		WITH o AS (
-			SELECT uuid FROM devices
-			WHERE uuid = ANY($1) AND is_online AND revoked_at IS NULL
-			  AND (NOT $3 OR last_seen_at < now() - make_interval(secs => $2))
-			ORDER BY uuid FOR UPDATE
+		WITH u AS (
+			SELECT * FROM unnest($1::text[], $4::timestamptz[]) AS u(uuid, at)
+		), o AS (
+			SELECT d.uuid, COALESCE(u.at, now()) AS at FROM devices d JOIN u ON u.uuid = d.uuid
+			WHERE d.is_online AND d.revoked_at IS NULL
+			  AND (NOT $3 OR d.last_seen_at < now() - make_interval(secs => $2))
+			  AND (u.at IS NULL OR d.last_seen_at IS NULL OR d.last_seen_at <= u.at)
+			ORDER BY d.uuid FOR UPDATE OF d
 		)
-		UPDATE devices d SET is_online = false, offline_since = now(), updated_at = now()
+		UPDATE devices d SET is_online = false, offline_since = o.at, updated_at = now()
 		FROM o WHERE d.uuid = o.uuid
-		RETURNING d.uuid, d.last_seen_at`, devs, s.offlineAfter.Seconds(), missed)
+		RETURNING d.uuid, d.last_seen_at`, devs, s.offlineAfter.Seconds(), missed, since)
 	if err != nil {
 		return 0, fmt.Errorf("mark offline devices: %w", err)
 	}
@@ -185,14 +193,15 @@ func (s *Service) markOffline(ctx context.Context, devs []string, reason string,
 	return len(marked), nil
 }
 
-// markConnected marks devices online after a NATS connect advisory, as a report would.
-func (s *Service) markConnected(ctx context.Context, devs []string, at time.Time) error {
+// markConnected marks devices online after NATS connect advisories (devs[i] connected at ats[i]), as a
+// report would.
+func (s *Service) markConnected(ctx context.Context, devs []string, ats []time.Time) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("mark connected devices: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	backs, err := markSeen(ctx, tx, devs, at, s.seenEvery)
+	backs, err := markSeenAt(ctx, tx, devs, ats, s.seenEvery)
 	if err != nil {
 		return fmt.Errorf("mark connected devices: %w", err)
 	}
@@ -355,12 +364,20 @@ type advisory struct {
 	Timestamp time.Time `json:"timestamp"`
 }
 
+// advisoryBuffer is how many advisories wait for followAdvisories before the server drops them as a slow
+// consumer's: a reconnect storm of a large fleet sends one per device at once.
+const advisoryBuffer = 1 << 16
+
+// advisoryBatch is the most advisories applied at once.
+const advisoryBatch = 2000
+
 // followAdvisories subscribes, on the system account connection nc, to the server's connect and
 // disconnect advisories ($SYS.ACCOUNT.*.CONNECT|DISCONNECT) and marks devices (user = uuid) online
 // or offline at once. Both subjects feed one channel, so a device's connect and disconnect are
-// handled in the order the server sent them. It returns when ctx ends.
+// handled in the order the server sent them; what has queued up is applied together (applyAdvisories).
+// It returns when ctx ends.
 func (s *Service) followAdvisories(ctx context.Context, nc *nats.Conn) error {
-	ch := make(chan *nats.Msg, 4096)
+	ch := make(chan *nats.Msg, advisoryBuffer)
 	var subs []*nats.Subscription
 	for _, subject := range []string{"$SYS.ACCOUNT.*.CONNECT", "$SYS.ACCOUNT.*.DISCONNECT"} {
 		sub, err := nc.ChanSubscribe(subject, ch)
@@ -377,25 +394,68 @@ func (s *Service) followAdvisories(ctx context.Context, nc *nats.Conn) error {
 			_ = sub.Unsubscribe()
 		}
 	}()
+	batch := make([]*nats.Msg, 0, advisoryBatch)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-ch:
-			var a advisory
-			// Only device rows move: services and operators (token connections) match none.
-			if json.Unmarshal(m.Data, &a) != nil || a.Client.User == "" {
-				continue
+			batch = append(batch[:0], m)
+		more:
+			for len(batch) < advisoryBatch {
+				select {
+				case m := <-ch:
+					batch = append(batch, m)
+				default:
+					break more
+				}
 			}
-			var err error
-			if strings.HasSuffix(m.Subject, ".DISCONNECT") {
-				_, err = s.markOffline(ctx, []string{a.Client.User}, "disconnected", false)
-			} else {
-				err = s.markConnected(ctx, []string{a.Client.User}, cmpTime(a.Timestamp, time.Now()))
-			}
-			if err != nil && ctx.Err() == nil {
-				s.log.Warn().Err(err).Str("device", a.Client.User).Str("advisory", m.Subject).Msg("device presence")
-			}
+			s.applyAdvisories(ctx, batch)
+		}
+	}
+}
+
+// advisoryRun is consecutive advisories of one kind: devices and when each connected.
+type advisoryRun struct {
+	disconnect bool
+	devs       []string
+	ats        []time.Time
+	index      map[string]int
+}
+
+// applyAdvisories applies advisories in the order the server sent them, as runs of one kind, each run
+// one statement for all its devices (a device named twice in a run counts once, at its latest time):
+// one transaction per advisory could not keep up with thousands of devices connecting at once, and the
+// server then drops advisories, disconnects included.
+func (s *Service) applyAdvisories(ctx context.Context, msgs []*nats.Msg) {
+	var runs []*advisoryRun
+	for _, m := range msgs {
+		var a advisory
+		// Only device rows move: services and operators (token connections) match none.
+		if json.Unmarshal(m.Data, &a) != nil || a.Client.User == "" {
+			continue
+		}
+		disc := strings.HasSuffix(m.Subject, ".DISCONNECT")
+		if len(runs) == 0 || runs[len(runs)-1].disconnect != disc {
+			runs = append(runs, &advisoryRun{disconnect: disc, index: map[string]int{}})
+		}
+		r, at := runs[len(runs)-1], cmpTime(a.Timestamp, time.Now())
+		if i, ok := r.index[a.Client.User]; ok {
+			r.ats[i] = at
+			continue
+		}
+		r.index[a.Client.User] = len(r.devs)
+		r.devs, r.ats = append(r.devs, a.Client.User), append(r.ats, at)
+	}
+	for _, r := range runs {
+		var err error
+		if r.disconnect {
+			_, err = s.markOffline(ctx, r.devs, r.ats, "disconnected", false)
+		} else {
+			err = s.markConnected(ctx, r.devs, r.ats)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn().Err(err).Int("devices", len(r.devs)).Bool("disconnect", r.disconnect).Msg("device presence")
 		}
 	}
 }
