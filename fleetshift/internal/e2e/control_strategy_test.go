@@ -37,6 +37,17 @@ func (c *fakeClock) Set(t time.Time) {
 }
 
 // startClocked is start with the window clock and chunk size injected (server.Tuning).
+// berlinClock returns Europe/Berlin and a fake clock at hour:00 there on 15 January 2030, the day the
+// maintenance-window tests run on.
+func berlinClock(t *testing.T, hour int) (*time.Location, *fakeClock) {
+	t.Helper()
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return berlin, &fakeClock{t: time.Date(2030, 1, 15, hour, 0, 0, 0, berlin)}
+}
+
 func (e *env) startClocked(clock *fakeClock, chunk int, roles ...string) *server.Server {
 	e.t.Helper()
 	return e.startTuned(server.Tuning{TickInterval: 100 * time.Millisecond, Now: clock.Now, WindowChunk: chunk}, roles...)
@@ -179,11 +190,7 @@ func mergeMaps(a, b map[string]any) map[string]any {
 // out; a batch whose turn comes after the window closed waits, across a restart, for the next window.
 func TestScheduledRolloutDispatchesOnlyInsideItsWindow(t *testing.T) {
 	t.Parallel()
-	berlin, err := time.LoadLocation("Europe/Berlin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	berlin, clock := berlinClock(t, 12)
 	e := newEnv(t)
 	e.startClocked(clock, 0)
 	// The batch delay gives the test time to close the window before batch 2 is due.
@@ -246,11 +253,7 @@ func TestScheduledRolloutDispatchesOnlyInsideItsWindow(t *testing.T) {
 // out in the next window, each device exactly once.
 func TestScheduledBatchCutAtWindowEndResumesNextWindow(t *testing.T) {
 	t.Parallel()
-	berlin, err := time.LoadLocation("Europe/Berlin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2030, 1, 15, 23, 0, 0, 0, berlin)}
+	berlin, clock := berlinClock(t, 23)
 	e := newEnv(t)
 	// No dispatcher at first: the test dispatches the first chunk itself, at a time of its choosing.
 	e.startClocked(clock, 3, server.RoleIngest, server.RolePlanner, server.RoleHealthwatch, server.RoleStateAPI)

@@ -19,11 +19,7 @@ import (
 // on another strategy is refused and stores nothing.
 func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 	t.Parallel()
-	berlin, err := time.LoadLocation("Europe/Berlin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	berlin, clock := berlinClock(t, 12)
 	e := newEnv(t)
 	e.startClocked(clock, 0)
 	r := e.admin("POST", "/api/v1/image-policies", stagedPolicy(map[string]any{"download_ahead": true}), 400)
@@ -118,11 +114,7 @@ func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 // reporting the image downloaded, and nothing ever moves to the new image.
 func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
 	t.Parallel()
-	berlin, err := time.LoadLocation("Europe/Berlin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2030, 1, 15, 12, 0, 0, 0, berlin)}
+	berlin, clock := berlinClock(t, 12)
 	e := newEnv(t)
 	e.startClocked(clock, 0)
 	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true}), 201)
