@@ -2,7 +2,9 @@ package device
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,11 +15,20 @@ import (
 const (
 	ReconnectWait   = 2 * time.Second
 	ReconnectJitter = 3 * time.Second
+	// StallProbe is how long a connection whose request timed out gets to answer a PING before it is
+	// taken for stalled and dropped (see Conn).
+	StallProbe = 5 * time.Second
 )
 
 // Conn is a device's NATS connection as the engine uses it: connected with the device's own credentials,
 // subscribed to its target subject on every (re)connect, reconnecting by itself until closed. The agent
 // uses nats.go (Config.Dial unset); the simulator plugs in a lighter implementation of the same protocol.
+//
+// A request that times out makes the connection probe its server: a PING that gets no PONG within
+// StallProbe means the link is stalled (a cable pulled, a node cut off: nothing resets the TCP
+// connection, and the 2-minute keep-alive pings would notice only after minutes), so the connection is
+// dropped and made again, to the next server of the URL list. A slow answer with a live link (a stream
+// electing its leader) keeps the connection.
 type Conn interface {
 	// Request publishes data with headers hdr (nil: none) to subj, with a reply subject under the
 	// connection's inbox prefix, and returns the one reply. A "no responders" status is an error.
@@ -89,15 +100,30 @@ func NATSGoDialer(opts ...nats.Option) Dialer {
 			nc.Close()
 			return nil, fmt.Errorf("subscribe %s: %w", s.Subject, err)
 		}
-		return natsGoConn{nc}, nil
+		return &natsGoConn{nc: nc}, nil
 	}
 }
 
-type natsGoConn struct{ nc *nats.Conn }
-
-func (c natsGoConn) Request(ctx context.Context, subj string, hdr nats.Header, data []byte) (*nats.Msg, error) {
-	return c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj, Header: hdr, Data: data})
+type natsGoConn struct {
+	nc      *nats.Conn
+	probing atomic.Bool
 }
 
-func (c natsGoConn) Connected() bool { return c.nc.IsConnected() }
-func (c natsGoConn) Close()          { c.nc.Close() }
+func (c *natsGoConn) Request(ctx context.Context, subj string, hdr nats.Header, data []byte) (*nats.Msg, error) {
+	m, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj, Header: hdr, Data: data})
+	if (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) && c.probing.CompareAndSwap(false, true) {
+		go c.probe()
+	}
+	return m, err
+}
+
+// probe drops the connection when its server does not answer a PING within StallProbe (see Conn).
+func (c *natsGoConn) probe() {
+	defer c.probing.Store(false)
+	if err := c.nc.FlushTimeout(StallProbe); err != nil && c.nc.IsConnected() {
+		_ = c.nc.ForceReconnect()
+	}
+}
+
+func (c *natsGoConn) Connected() bool { return c.nc.IsConnected() }
+func (c *natsGoConn) Close()          { c.nc.Close() }

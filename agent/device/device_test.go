@@ -124,8 +124,13 @@ func natsOnly(c *device.Config) { c.HTTP = nil }
 // simulator's (lightnats), which must behave the same towards it.
 var natsClients = []string{"nats.go", "light"}
 
+// dialer opens the TCP connections of a test's NATS client (*dialLog, *stallDialer).
+type dialer interface {
+	Dial(network, address string) (net.Conn, error)
+}
+
 // useClient makes c connect with the named client, through dial when it is not nil.
-func useClient(c *device.Config, name string, dial *dialLog) {
+func useClient(c *device.Config, name string, dial dialer) {
 	if name == "light" {
 		o := lightnats.Options{}
 		if dial != nil {

@@ -135,11 +135,21 @@ type Credentials struct {
 	User, Password, Token, CredsFile string
 }
 
+// Keep-alive of service connections: a server that answers none of MaxPingsOut pings sent PingInterval
+// apart is given up and the next one of the URL list tried. A NATS node cut off from the network resets
+// no connection; with nats.go's defaults (2 minutes, twice) a service on it would stall 4-6 minutes.
+const (
+	PingInterval = 10 * time.Second
+	MaxPingsOut  = 3
+)
+
 // Connect opens a NATS connection named name with reconnects enabled forever (services outlive
-// broker restarts).
+// broker restarts) and the keep-alive above.
 func Connect(url, name string, cred Credentials, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.PingInterval(PingInterval),
+		nats.MaxPingsOutstanding(MaxPingsOut),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),

@@ -42,6 +42,7 @@ type Options struct {
 // Received is one report the server got.
 type Received struct {
 	Via    string // "nats" or "http"
+	At     time.Time
 	Report wire.DeviceReport
 }
 
@@ -182,7 +183,7 @@ func (s *Server) record(uuid, via string, body []byte) bool {
 		return false
 	}
 	if r, ok := rep[uuid]; ok {
-		d.reports = append(d.reports, Received{Via: via, Report: r})
+		d.reports = append(d.reports, Received{Via: via, At: time.Now(), Report: r})
 	}
 	return true
 }

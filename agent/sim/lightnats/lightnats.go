@@ -64,6 +64,9 @@ type Options struct {
 	ReconnectWait, ReconnectJitter time.Duration
 	// WriteTimeout bounds a write that has no context deadline (PONG, PING; default 10s).
 	WriteTimeout time.Duration
+	// StallProbe: after a request times out, the server must answer a PING within it, else the
+	// connection is taken for stalled and made again (default device.StallProbe; see device.Conn).
+	StallProbe time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -84,6 +87,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.StallProbe <= 0 {
+		o.StallProbe = device.StallProbe
 	}
 	return o
 }
@@ -113,6 +119,9 @@ type Conn struct {
 	connected   atomic.Bool
 	done        chan struct{}
 	wg          sync.WaitGroup
+	// probing is set while a stall probe runs; lastIn is when the reader last got a line then (unix ns).
+	probing atomic.Bool
+	lastIn  atomic.Int64
 
 	mu      sync.Mutex
 	nc      net.Conn // the current connection; nil while disconnected
@@ -416,6 +425,9 @@ func (c *Conn) readLoop(nc net.Conn, rd *reader) error {
 			return err
 		}
 		pingsOut = 0
+		if c.probing.Load() {
+			c.lastIn.Store(time.Now().UnixNano())
+		}
 		op, rest := splitOp(line)
 		switch op {
 		case "MSG", "HMSG":
@@ -612,10 +624,38 @@ func (c *Conn) Request(ctx context.Context, subj string, hdr nats.Header, data [
 		}
 		return m, nil
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.probe(nc)
+		}
 		return nil, ctx.Err()
 	case <-c.done:
 		return nil, nats.ErrConnectionClosed
 	}
+}
+
+// probe sends nc a PING and closes it when no line at all arrives within StallProbe, so the reader
+// reconnects (see device.Conn). One probe runs at a time.
+func (c *Conn) probe(nc net.Conn) {
+	if !c.probing.CompareAndSwap(false, true) {
+		return
+	}
+	since := time.Now().UnixNano()
+	go func() {
+		defer c.probing.Store(false)
+		if err := c.write(nc, []byte("PING\r\n"), time.Time{}); err != nil {
+			return // write closed nc: the reader reconnects
+		}
+		t := time.NewTimer(c.o.StallProbe)
+		defer t.Stop()
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if c.lastIn.Load() < since {
+			_ = nc.Close()
+		}
+	}()
 }
 
 func (c *Conn) forget(seq uint64) {
