@@ -16,7 +16,8 @@ import (
 // downloaded_at, downloaded_devices counts them, image.device_downloaded names them) while their targets
 // still run the old image and nothing is dispatched; inside the window the devices switch and the
 // rollout completes, with no prefetch entry left. The API and the CLI show the download; download_ahead
-// on another strategy is refused and stores nothing.
+// on another strategy is refused and stores nothing. A device registering before the window joins and
+// downloads ahead as well.
 func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 	t.Parallel()
 	berlin, clock := berlinClock(t, 12)
@@ -97,14 +98,27 @@ func TestDownloadAheadPullsBeforeTheWindowAndSwitchesInside(t *testing.T) {
 		t.Fatalf("rollouts devices table:\n%s", out.String())
 	}
 
+	// A device registering now, still before the window, joins the rollout and downloads ahead too.
+	late := e.runSim("late", 1, []string{"acme/app:1.0"}, nil)
+	wait.For(t, 60*time.Second, func() error {
+		if got := e.countRows(`SELECT count(*) FROM device_rollout_status WHERE rollout_id = $1 AND downloaded_at IS NOT NULL`, id); got != n+1 {
+			return fmt.Errorf("%d of %d devices downloaded (the late joiner too)", got, n+1)
+		}
+		return nil
+	})
+	if c := late.Counters(); c.PulledAhead["acme/app:2.0"] != 1 || c.ByImage["acme/app:1.0"] != 1 {
+		t.Fatalf("late joiner: %s, pulled ahead %v", c, c.PulledAhead)
+	}
+
 	// 23:30 Berlin: inside the window. Every device switches; the rollout completes; no entry is left.
 	clock.Set(time.Date(2030, 1, 15, 23, 30, 0, 0, berlin))
 	e.waitStatus(id, 90*time.Second, "completed")
 	waitSim(t, s, 30*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == n })
+	waitSim(t, late, 30*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:2.0"] == 1 })
 	if got := e.countRows(`SELECT count(*) FROM device_target_state WHERE prefetch <> '[]'::jsonb`); got != 0 {
 		t.Fatalf("%d targets still carry a prefetch entry after the rollout", got)
 	}
-	if ro := e.rollout(id); ro.Updated != n || e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id) != n {
+	if ro := e.rollout(id); ro.Updated != n+1 || e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id) != n+1 {
 		t.Fatalf("completed rollout: %+v", ro)
 	}
 }

@@ -154,15 +154,22 @@ func fleetDefault(ctx context.Context, tx pgx.Tx, uuid, fleet string) (target.Wr
 // WriteTargets writes target states and notifies their devices in order (target.Save: the write and,
 // in the same transaction, one ordered TargetV1 outbox message per device, Nats-Msg-Id
 // "<uuid>-<version>"), so the device is notified even when the process dies right after the commit.
-// A device whose new target runs the repository of an active rollout joins it (JoinActiveRollouts).
+// A device whose new target runs the repository of an active rollout joins it (JoinActiveRollouts); a
+// join that adds a prefetch entry writes the target again, and that newer version is what is returned.
 func WriteTargets(ctx context.Context, tx pgx.Tx, subj streams.Subjects, writes []target.Write) ([]target.Written, error) {
 	written, err := target.Save(ctx, tx, subj, writes)
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range written {
-		if _, err := JoinActiveRollouts(ctx, tx, subj, w.DeviceUUID); err != nil {
+	for i, w := range written {
+		joined, err := JoinActiveRollouts(ctx, tx, subj, w.DeviceUUID)
+		if err != nil {
 			return nil, err
+		}
+		for _, j := range joined {
+			if j.Prefetched != nil {
+				written[i] = *j.Prefetched // the version the device will see last
+			}
 		}
 	}
 	return written, nil

@@ -9,6 +9,7 @@ import (
 	"github.com/fleetshift/fleetshift/shared/command"
 	"github.com/fleetshift/fleetshift/shared/events"
 	"github.com/fleetshift/fleetshift/shared/lifecycle"
+	"github.com/fleetshift/fleetshift/shared/target"
 	"github.com/fleetshift/fleetshift/streams"
 )
 
@@ -16,6 +17,9 @@ import (
 type Joined struct {
 	RolloutID string
 	Batch     int
+	// Prefetched is the device's target as rewritten with the rollout's prefetch entry (a download-ahead
+	// rollout waiting for its window), nil when the join wrote no target.
+	Prefetched *target.Written
 }
 
 // JoinActiveRollouts is dynamic inclusion: a device whose target (just written in tx: registration or
@@ -25,11 +29,13 @@ type Joined struct {
 // the batch being dispatched (the current one while it is open, or the last), else the next one;
 // total_devices and batch_sizes grow by one (the other counters move by the trigger as the row moves).
 // Joining the batch in progress of an in-progress rollout requests its dispatch at once. Each join is
-// an image.device_joined event. Rollouts are locked in id order, as every other writer does.
+// an image.device_joined event. A device joining a download_ahead rollout that waits for its window
+// (scheduled) gets the rollout's prefetch entry at once, as the devices planned with it did, so it
+// downloads before the window too. Rollouts are locked in id order, as every other writer does.
 func JoinActiveRollouts(ctx context.Context, tx pgx.Tx, subj streams.Subjects, deviceUUID string) ([]Joined, error) {
 	rows, err := tx.Query(ctx, `
 		SELECT r.rollout_id::text, r.status, r.current_batch, r.completed_batch, r.total_batches, r.new_tag, r.new_image,
-		       i.tag, i.image
+		       i.tag, i.image, coalesce((r.policy->>'download_ahead')::boolean, false)
 		FROM image_rollouts r
 		JOIN devices d ON d.uuid = $1 AND d.revoked_at IS NULL
 		JOIN LATERAL (SELECT tag, digest, image FROM device_images
@@ -53,10 +59,11 @@ func JoinActiveRollouts(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d
 		id, status                    string
 		current, completed, total     int
 		newTag, newImage, oldTag, old string
+		ahead                         bool
 	}
 	cands, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (cand, error) {
 		var c cand
-		return c, r.Scan(&c.id, &c.status, &c.current, &c.completed, &c.total, &c.newTag, &c.newImage, &c.oldTag, &c.old)
+		return c, r.Scan(&c.id, &c.status, &c.current, &c.completed, &c.total, &c.newTag, &c.newImage, &c.oldTag, &c.old, &c.ahead)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("find active rollouts for %s: %w", deviceUUID, err)
@@ -92,7 +99,17 @@ func JoinActiveRollouts(ctx context.Context, tx pgx.Tx, subj streams.Subjects, d
 		if c.status == string(lifecycle.InProgress) && batch == c.current {
 			reqs = append(reqs, command.Dispatch{RolloutID: c.id, Batch: batch, Purpose: command.Join, Discriminator: deviceUUID})
 		}
-		out = append(out, Joined{RolloutID: c.id, Batch: batch})
+		j := Joined{RolloutID: c.id, Batch: batch}
+		if c.ahead && c.status == string(lifecycle.Scheduled) {
+			written, err := target.SetPrefetch(ctx, tx, subj, c.id, c.newImage, []string{deviceUUID})
+			if err != nil {
+				return nil, fmt.Errorf("join %s to rollout %s: %w", deviceUUID, c.id, err)
+			}
+			if len(written) == 1 {
+				j.Prefetched = &written[0]
+			}
+		}
+		out = append(out, j)
 	}
 	if err := events.Record(ctx, tx, subj, evs...); err != nil {
 		return nil, fmt.Errorf("join %s: %w", deviceUUID, err)
