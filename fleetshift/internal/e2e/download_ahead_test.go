@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/fleetshift/fleetshift/agent/sim"
 	"github.com/fleetshift/fleetshift/shared/wait"
 )
@@ -168,5 +170,40 @@ func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if e.movedTargets("acme/app:2.0") != 0 || s.Counters().ByImage["acme/app:1.0"] != n {
 		t.Fatalf("a cancelled rollout moved devices: %s", s.Counters())
+	}
+}
+
+// TestConsoleShowsDownloadAheadInBrowser: a download-ahead rollout waiting for its window shows, live on
+// its console page, how many of its devices have the new image already, and each device's row says when
+// it downloaded.
+//
+// Not parallel: a browser next to the large simulated fleets of the other tests starves a 2-core machine.
+func TestConsoleShowsDownloadAheadInBrowser(t *testing.T) {
+	b := newBrowser(t)
+	_, clock := berlinClock(t, 12)
+	e := newEnv(t)
+	e.startClocked(clock, 0)
+	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true}), 201)
+	_, read := e.operatorToken("console-viewer", "read")
+	const n = 3
+	s := e.runSim("ahead", n, []string{"acme/app:1.0"}, func(c *sim.Config) { c.PullMin, c.PullMax = 2*time.Second, 3*time.Second })
+	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == n })
+
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	b.signIn(e.srv.HTTPURL, read)
+	b.do("open the rollout", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts/"+id))
+	b.waitFor("rollout page", `!!document.querySelector('#r-downloaded')`, 20*time.Second)
+	// The pulls take seconds: the page is open before they end and follows them without a reload.
+	if _, err := b.eval(`window.__noReload = 'still here'`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor("every download on screen", fmt.Sprintf(`document.querySelector('#r-downloaded').textContent === '%d of %d downloaded ahead'
+		&& document.querySelectorAll('#r-devices [data-downloaded]').length === %d`, n, n, n), 60*time.Second)
+	if v, _ := b.eval(`window.__noReload`); v != "still here" {
+		t.Fatal("the page reloaded")
+	}
+	if ro := e.rollout(id); ro.Status != "scheduled" || e.movedTargets("acme/app:2.0") != 0 {
+		t.Fatalf("rollout %+v with %d targets moved: the window has not opened", ro, e.movedTargets("acme/app:2.0"))
 	}
 }

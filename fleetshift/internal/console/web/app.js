@@ -296,6 +296,7 @@
       $('#r-status').innerHTML = pill(r.status, 'rollout-status') + (r.auto_paused ? ' <span class="sub">paused automatically</span>' : '');
       $('#r-meta').innerHTML = `from <span class="mono">${esc(r.old_tag || '—')}</span> · ${esc(label(r.strategy))} · batch ${r.current_batch} of ${r.total_batches}` +
         (r.strategy === 'rate' && r.rate_per_minute ? ` · <span id="r-rate">${esc(r.rate_per_minute)} devices/min, ${esc(r.rate_dispatched)} dispatched</span>` : '') +
+        ((r.policy && r.policy.download_ahead) || r.downloaded_devices ? ` · <span id="r-downloaded" title="devices that pulled the new image ahead of the window">${esc(r.downloaded_devices || 0)} of ${esc(r.total_devices)} downloaded ahead</span>` : '') +
         ` · created ${esc(fmtDate(r.created_at))}${r.completed_at ? ' · finished ' + esc(fmtDate(r.completed_at)) : ''}` +
         (r.policy && r.policy.id ? ` · policy <a href="#/policies/${esc(r.policy.id)}">#${esc(r.policy.id)}</a>` : '');
       const g = { completed: 0, running: 0, failed: 0, rolledBack: 0, pending: 0, skipped: 0 };
@@ -332,7 +333,7 @@
       $('#r-devices').innerHTML = list.length ? list.map((d) => `<tr data-device="${esc(d.device_uuid)}">
         <td><div>${esc(d.device_name || d.device_uuid)}</div><div class="sub mono">${esc(d.device_uuid)}</div></td>
         <td class="num">${d.batch_number}</td><td>${pill(d.status)}</td>
-        <td class="mono">${esc(d.old_image_tag || '—')} → ${esc(d.new_image_tag || '—')}</td>
+        <td class="mono">${esc(d.old_image_tag || '—')} → ${esc(d.new_image_tag || '—')}${d.downloaded_at ? `<div class="sub" data-downloaded title="${esc(fmtDate(d.downloaded_at))}">downloaded ${esc(ago(d.downloaded_at))}</div>` : ''}</td>
         <td class="reason">${d.error_message ? `<span style="color:#b42318">${esc(d.error_message)}</span>` : ''}</td></tr>`).join('')
         : '<tr><td colspan="5" class="empty">No devices.</td></tr>';
       $('#r-devices-more').textContent = res.next_cursor ? 'Showing the first 500 devices; filter by status to narrow.' : '';
