@@ -2,8 +2,10 @@ package healthwatch
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -77,6 +79,68 @@ func TestDownloadedReportsAreRecordedOnce(t *testing.T) {
 	require.NoError(t, s.applyReports(b.ctx, []report{downloaded(devs[0], newImg)}))
 	require.Equal(t, first, at())
 	require.Len(t, events(), 1)
+	b.checkCounters(id)
+}
+
+// TestDownloadErrorsAreKeptUntilTheDownload: a report's downloadErrors for the rollout's new image is
+// stored on the device's row (bounded), written again only when it changes (a device repeating it
+// every heartbeat writes nothing), replaced by the download when it comes, and ignored afterwards; an
+// error never counts as a download.
+func TestDownloadErrorsAreKeptUntilTheDownload(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("dle", 2, "fleet-dle", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 1}})
+	s := b.newService()
+	rep := func(downloaded bool, errs map[string]string) report {
+		r := decodeReport(t, devs[0], web(devs[0], oldImg, "running", ""))
+		if downloaded {
+			r.body.Downloaded = []string{newImg}
+		}
+		r.body.DownloadErrors = errs
+		return r
+	}
+	type row struct {
+		why  *string
+		at   *time.Time
+		xmin string
+	}
+	read := func() row {
+		var r row
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT download_error, downloaded_at, xmin::text FROM device_rollout_status
+			WHERE rollout_id = $1 AND device_uuid = $2`, id, devs[0]).Scan(&r.why, &r.at, &r.xmin))
+		return r
+	}
+	counter := func() (n int) {
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id).Scan(&n))
+		return n
+	}
+
+	require.NoError(t, s.applyReports(b.ctx, []report{rep(false, map[string]string{newImg: "pull access denied", "acme/other:1": "x"})}))
+	first := read()
+	require.NotNil(t, first.why)
+	require.Equal(t, "pull access denied", *first.why)
+	require.Nil(t, first.at)
+	require.Zero(t, counter(), "an error counted as a download")
+
+	require.NoError(t, s.applyReports(b.ctx, []report{rep(false, map[string]string{newImg: "pull access denied"})}))
+	require.Equal(t, first.xmin, read().xmin, "the same error was written again")
+
+	long := strings.Repeat("é", 600)
+	require.NoError(t, s.applyReports(b.ctx, []report{rep(false, map[string]string{newImg: long})}))
+	second := read()
+	require.NotNil(t, second.why)
+	require.LessOrEqual(t, len(*second.why), maxDownloadError)
+	require.True(t, utf8.ValidString(*second.why) && strings.HasPrefix(long, *second.why), "bounded error %q", *second.why)
+
+	require.NoError(t, s.applyReports(b.ctx, []report{rep(true, nil)}))
+	done := read()
+	require.Nil(t, done.why, "the download left the error")
+	require.NotNil(t, done.at)
+	require.Equal(t, 1, counter())
+
+	require.NoError(t, s.applyReports(b.ctx, []report{rep(false, map[string]string{newImg: "disk full"})}))
+	require.Equal(t, done.xmin, read().xmin, "an error after the download was written")
 	b.checkCounters(id)
 }
 

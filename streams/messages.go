@@ -126,6 +126,31 @@ type DeviceReport struct {
 	TargetVersion int64 `json:"version,omitempty"`
 	// Downloaded are the images of the target's prefetch entries the device has pulled ahead.
 	Downloaded []string `json:"downloaded,omitempty"`
+	// DownloadErrors maps a prefetch image whose last pull failed to why (the device pulls it again later).
+	DownloadErrors DownloadErrors `json:"downloadErrors,omitempty"`
+}
+
+// DownloadErrors is a report's "downloadErrors": image -> why its last pull failed. The field is
+// informational, so a value of another shape (not an object, a reason that is not a string) is dropped
+// rather than making the whole report unreadable.
+type DownloadErrors map[string]string
+
+// UnmarshalJSON keeps the entries whose reason is a string; anything else decodes to no entries.
+func (d *DownloadErrors) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(b, &raw) != nil {
+		*d = nil
+		return nil
+	}
+	out := make(DownloadErrors, len(raw))
+	for img, v := range raw {
+		var why string
+		if json.Unmarshal(v, &why) == nil {
+			out[img] = why
+		}
+	}
+	*d = out
+	return nil
 }
 
 // ReportedApp is one app in a report.

@@ -156,3 +156,22 @@ func TestTailPrintsBatchScheduledDevices(t *testing.T) {
 		t.Fatalf("json output %s", out.String())
 	}
 }
+
+// TestDeviceReasonColumn: the REASON of `rollouts devices` is the failure reason, else the message of a
+// skipped or rolled-back device, else a download ahead that keeps failing; nothing once downloaded.
+func TestDeviceReasonColumn(t *testing.T) {
+	for _, tc := range []struct {
+		dev  map[string]any
+		want string
+	}{
+		{map[string]any{"failure_reason": "service web: exited", "error_message": "x"}, "service web: exited"},
+		{map[string]any{"failure_reason": nil, "error_message": "rolled back to acme/app:1.0"}, "rolled back to acme/app:1.0"},
+		{map[string]any{"failure_reason": "", "error_message": nil, "download_error": "pull access denied"}, "download failed: pull access denied"},
+		{map[string]any{"download_error": "pull access denied", "downloaded_at": "2026-11-30T20:00:00Z"}, "-"},
+		{map[string]any{}, "-"},
+	} {
+		if got := str(reason(tc.dev)); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.dev, got, tc.want)
+		}
+	}
+}

@@ -302,10 +302,11 @@ func rolloutSubListCmd(g *globals, use, short, sub string, cols []string, header
 			for _, it := range list {
 				row := make([]string, len(cols))
 				for i, col := range cols {
-					row[i] = str(it[col])
-					if col == "failure_reason" && row[i] == "" {
-						row[i] = str(it["error_message"]) // skipped and rolled-back devices say why there
+					v := it[col]
+					if col == "failure_reason" {
+						v = reason(it)
 					}
+					row[i] = str(v)
 				}
 				rows = append(rows, row)
 			}
@@ -317,6 +318,20 @@ func rolloutSubListCmd(g *globals, use, short, sub string, cols []string, header
 		flags(cmd, q)
 	}
 	return cmd
+}
+
+// reason is why a rollout's device is where it is: its failure reason; else the message a skipped or
+// rolled-back device carries; else, while a download ahead keeps failing (the device tries again), why.
+func reason(dev map[string]any) any {
+	for _, k := range []string{"failure_reason", "error_message"} {
+		if s, _ := dev[k].(string); s != "" {
+			return s
+		}
+	}
+	if s, _ := dev["download_error"].(string); s != "" && dev["downloaded_at"] == nil {
+		return "download failed: " + s
+	}
+	return nil
 }
 
 func rolloutDevicesCmd(g *globals) *cobra.Command {

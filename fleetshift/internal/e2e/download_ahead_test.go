@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -173,9 +174,71 @@ func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
 	}
 }
 
+// TestDownloadErrorsShowUntilTheDownload: a device of a download-ahead rollout whose pull fails says
+// why in its report (downloadErrors); the rollout's device row carries it (download_error, the CLI's
+// REASON) while the device retries, and the download that follows replaces it. The error moves nothing.
+func TestDownloadErrorsShowUntilTheDownload(t *testing.T) {
+	t.Parallel()
+	_, clock := berlinClock(t, 12)
+	e := newEnv(t)
+	e.startClocked(clock, 0)
+	e.admin("POST", "/api/v1/image-policies", scheduledPolicy(map[string]any{"download_ahead": true}), 201)
+	const dev = "dl-err-1"
+	key := e.addDevice(dev, "plant-dl", "acme/app:1.0")
+	e.push("acme/app", "2.0")
+	id := e.latestRollout("acme/app:2.0")
+	report := func(extra map[string]any) {
+		body := map[string]any{"apps": map[string]any{"1": map[string]any{"services": []any{
+			map[string]any{"serviceName": "web", "imageName": "acme/app:1.0", "status": "running"}}}}}
+		maps.Copy(body, extra)
+		if r := e.call("PATCH", "/api/v1/device/state", map[string]any{dev: body}, map[string]string{"Authorization": "Bearer " + key}); r.status != 200 {
+			t.Fatalf("report: %d %s", r.status, r.body)
+		}
+	}
+	type row struct {
+		Status        string     `json:"status"`
+		DownloadError *string    `json:"download_error"`
+		DownloadedAt  *time.Time `json:"downloaded_at"`
+	}
+	read := func() row {
+		var r row
+		e.admin("GET", "/api/v1/rollouts/"+id+"/devices/"+dev, nil, 200).json(t, &r)
+		return r
+	}
+	const why = "pull access denied for acme/app, repository does not exist or may require 'docker login'"
+	report(map[string]any{"downloadErrors": map[string]any{"acme/app:2.0": why}})
+	wait.For(t, 30*time.Second, func() error {
+		if r := read(); r.DownloadError == nil || *r.DownloadError != why {
+			return fmt.Errorf("device row %+v: no download error yet", r)
+		}
+		return nil
+	})
+	if r := read(); r.Status != "pending" || r.DownloadedAt != nil {
+		t.Fatalf("after a failed download: %+v", r)
+	}
+	if ro := e.rollout(id); ro.Status != "scheduled" || e.countRows(`SELECT downloaded_devices FROM image_rollouts WHERE rollout_id = $1`, id) != 0 {
+		t.Fatalf("a failed download moved the rollout: %+v", ro)
+	}
+	var out syncBuffer
+	if err := e.fleetshift(context.Background(), &out, e.srv.AdminToken, "rollouts", "devices", id); err != nil {
+		t.Fatalf("rollouts devices: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "download failed: pull access denied") {
+		t.Fatalf("rollouts devices does not say why the download failed:\n%s", out.String())
+	}
+
+	report(map[string]any{"downloaded": []string{"acme/app:2.0"}})
+	wait.For(t, 30*time.Second, func() error {
+		if r := read(); r.DownloadedAt == nil || r.DownloadError != nil {
+			return fmt.Errorf("device row %+v: want downloaded, no error", r)
+		}
+		return nil
+	})
+}
+
 // TestConsoleShowsDownloadAheadInBrowser: a download-ahead rollout waiting for its window shows, live on
-// its console page, how many of its devices have the new image already, and each device's row says when
-// it downloaded.
+// its console page, how many of its devices have the new image already; each device's row says when it
+// downloaded, or why its download failed.
 //
 // Not parallel: a browser next to the large simulated fleets of the other tests starves a 2-core machine.
 func TestConsoleShowsDownloadAheadInBrowser(t *testing.T) {
@@ -189,8 +252,17 @@ func TestConsoleShowsDownloadAheadInBrowser(t *testing.T) {
 	s := e.runSim("ahead", n, []string{"acme/app:1.0"}, func(c *sim.Config) { c.PullMin, c.PullMax = 2*time.Second, 3*time.Second })
 	waitSim(t, s, 60*time.Second, func(c sim.Counters) bool { return c.ByImage["acme/app:1.0"] == n })
 
+	// One more device, whose pull fails (it says so in its report).
+	key := e.addDevice("dl-fails", "ahead", "acme/app:1.0")
+
 	e.push("acme/app", "2.0")
 	id := e.latestRollout("acme/app:2.0")
+	if r := e.call("PATCH", "/api/v1/device/state", map[string]any{"dl-fails": map[string]any{
+		"apps":           map[string]any{"1": map[string]any{"services": []any{map[string]any{"serviceName": "web", "imageName": "acme/app:1.0", "status": "running"}}}},
+		"downloadErrors": map[string]any{"acme/app:2.0": "no space left on device"}}},
+		map[string]string{"Authorization": "Bearer " + key}); r.status != 200 {
+		t.Fatalf("report: %d %s", r.status, r.body)
+	}
 	b.signIn(e.srv.HTTPURL, read)
 	b.do("open the rollout", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts/"+id))
 	b.waitFor("rollout page", `!!document.querySelector('#r-downloaded')`, 20*time.Second)
@@ -199,7 +271,9 @@ func TestConsoleShowsDownloadAheadInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitFor("every download on screen", fmt.Sprintf(`document.querySelector('#r-downloaded').textContent === '%d of %d downloaded ahead'
-		&& document.querySelectorAll('#r-devices [data-downloaded]').length === %d`, n, n, n), 60*time.Second)
+		&& document.querySelectorAll('#r-devices [data-downloaded]').length === %d`, n, n+1, n), 60*time.Second)
+	b.waitFor("the failed download with its reason", `[...document.querySelectorAll('#r-devices [data-download-error]')].some(x =>
+		x.textContent === 'download failed: no space left on device')`, 20*time.Second)
 	if v, _ := b.eval(`window.__noReload`); v != "still here" {
 		t.Fatal("the page reloaded")
 	}

@@ -334,7 +334,8 @@
         <td><div>${esc(d.device_name || d.device_uuid)}</div><div class="sub mono">${esc(d.device_uuid)}</div></td>
         <td class="num">${d.batch_number}</td><td>${pill(d.status)}</td>
         <td class="mono">${esc(d.old_image_tag || '—')} → ${esc(d.new_image_tag || '—')}${d.downloaded_at ? `<div class="sub" data-downloaded title="${esc(fmtDate(d.downloaded_at))}">downloaded ${esc(ago(d.downloaded_at))}</div>` : ''}</td>
-        <td class="reason">${d.error_message ? `<span style="color:#b42318">${esc(d.error_message)}</span>` : ''}</td></tr>`).join('')
+        <td class="reason">${d.error_message ? `<span style="color:#b42318">${esc(d.error_message)}</span>`
+    : d.download_error && !d.downloaded_at ? `<span style="color:#b54708" data-download-error>download failed: ${esc(d.download_error)}</span>` : ''}</td></tr>`).join('')
         : '<tr><td colspan="5" class="empty">No devices.</td></tr>';
       $('#r-devices-more').textContent = res.next_cursor ? 'Showing the first 500 devices; filter by status to narrow.' : '';
     };
