@@ -178,3 +178,52 @@ func TestRollbackClearsPendingPrefetch(t *testing.T) {
 		}
 	}
 }
+
+// TestRollbackAllRunsAgainAfterADeadlock: rollback-all locks the moved devices' targets, then the
+// pending devices' targets (their prefetch entries). A writer holding a pending device's target and
+// then wanting a moved one deadlocks with it; PostgreSQL rolls rollback-all back (its deadlock check
+// runs first), and rollback-all runs again once the writer is done: the rollout ends rolled back, with
+// nothing left behind.
+func TestRollbackAllRunsAgainAfterADeadlock(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("dead", 3, "fleet-dead", oldImg)
+	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 2}, policy: map[string]any{"download_ahead": true}})
+	b.tx(func(tx pgx.Tx) {
+		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
+		require.NoError(t, err)
+	})
+	other, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer other.Rollback(b.ctx)
+	_, err = other.Exec(b.ctx, `SET LOCAL deadlock_timeout = '60s'`) // so PostgreSQL picks rollback-all
+	require.NoError(t, err)
+	_, err = other.Exec(b.ctx, `SELECT 1 FROM device_target_state WHERE device_uuid = $1 FOR UPDATE`, devs[1])
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- RollbackAll(b.ctx, b.pool, b.subj, id, "test") }()
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting))
+		return waiting == 1
+	}, 10*time.Second, 10*time.Millisecond, "rollback-all never waited for the pending device's target")
+	// Now the other writer wants the moved device's target, which rollback-all holds: a deadlock.
+	_, err = other.Exec(b.ctx, `SELECT 1 FROM device_target_state WHERE device_uuid = $1 FOR UPDATE`, devs[0])
+	require.NoError(t, err, "PostgreSQL rolled back the other writer, not rollback-all")
+	require.NoError(t, other.Commit(b.ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("rollback-all did not finish")
+	}
+	var status string
+	var left int
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT status, (SELECT count(*) FROM device_target_state WHERE prefetch <> '[]'::jsonb)
+		FROM image_rollouts WHERE rollout_id = $1`, id).Scan(&status, &left))
+	require.Equal(t, "rolled_back", status)
+	require.Zero(t, left, "prefetch entries left after rollback-all")
+	b.checkCounters(id)
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -107,7 +109,15 @@ func restore(ctx context.Context, w *work, ro rolloutRef, statuses, devices []st
 // Calling it again on a rolled-back rollout changes nothing and returns nil. Errors wrap
 // apierr.ErrNotFound (no such rollout) and apierr.ErrConflict (the rollout was superseded: its devices
 // belong to the newer rollout).
+//
+// It locks the moved devices' rows, then the pending ones' targets (prefetch entries): two ordered sets,
+// so a writer locking targets in between can deadlock with it; PostgreSQL then rolls one back, and a
+// rollback it rolled back is run again (whenContended).
 func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects, rolloutID, actor string) error {
+	return whenContended(ctx, func() error { return rollbackAll(ctx, pool, subj, rolloutID, actor) })
+}
+
+func rollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects, rolloutID, actor string) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("roll back rollout %s: begin: %w", rolloutID, err)
@@ -168,6 +178,10 @@ func RollbackAll(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects,
 // Calling it again changes nothing and returns nil. Errors wrap apierr.ErrNotFound (no such rollout,
 // or the device is not in it) and apierr.ErrConflict (the rollout was superseded).
 func RollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects, rolloutID, deviceUUID, actor string) error {
+	return whenContended(ctx, func() error { return rollbackDevice(ctx, pool, subj, rolloutID, deviceUUID, actor) })
+}
+
+func rollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjects, rolloutID, deviceUUID, actor string) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("roll back device %s of rollout %s: begin: %w", deviceUUID, rolloutID, err)
@@ -214,4 +228,25 @@ func RollbackDevice(ctx context.Context, pool *pgxpool.Pool, subj streams.Subjec
 		return fmt.Errorf("roll back device %s of rollout %s: commit: %w", deviceUUID, rolloutID, err)
 	}
 	return nil
+}
+
+// whenContended runs tx, a whole transaction, and runs it again (up to 5 times in all, after 20 ms,
+// 40 ms, ... with jitter) while PostgreSQL rolls it back for concurrent work (apierr.Contended: a
+// deadlock it broke, a serialization failure), which changed nothing.
+func whenContended(ctx context.Context, tx func() error) error {
+	wait := 20 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := tx()
+		if attempt == 5 || !apierr.Contended(err) {
+			return err
+		}
+		t := time.NewTimer(wait + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait *= 2
+	}
 }

@@ -52,3 +52,11 @@ func Unreachable(err error) bool {
 func unavailableBody() BodyError {
 	return BodyError{Code: "unavailable", Message: "the database is unreachable; retry later"}
 }
+
+// Contended reports whether PostgreSQL rolled err's transaction back because of concurrent work: a
+// deadlock it broke (40P01) or a serialization failure (40001). The transaction changed nothing, and
+// running it again is safe and usually succeeds.
+func Contended(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
