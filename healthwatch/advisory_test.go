@@ -87,3 +87,51 @@ func TestAdvisoryStormLosesNoDevice(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDisconnectOfAnOlderConnectionKeepsTheDeviceOnline: a device that left a stalled or cut-off NATS
+// node for another one has two connections for a while; the old node reports the old one closed only
+// when it is back, after the new one's connect. That disconnect does not make the device offline; the
+// disconnect of its newest connection does, and advisories that do not say when the connection started
+// (as before) still count.
+func TestDisconnectOfAnOlderConnectionKeepsTheDeviceOnline(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	devs := b.devices("twoconn", 2, "fleet-twoconn", oldImg)
+	b.exec(`UPDATE devices SET is_online = false, offline_since = now() - interval '1 hour' WHERE fleet_id = 'fleet-twoconn'`)
+	s := b.newService()
+	msg := func(kind, dev string, start, at time.Time) *nats.Msg {
+		var a advisory
+		a.Client.User, a.Client.Start, a.Timestamp = dev, start, at
+		body, err := json.Marshal(a)
+		require.NoError(t, err)
+		return &nats.Msg{Subject: "$SYS.ACCOUNT.ACC." + kind, Data: body}
+	}
+	online := func(dev string) bool {
+		var on bool
+		require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT is_online FROM devices WHERE uuid = $1`, dev).Scan(&on))
+		return on
+	}
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	t1, t2 := t0.Add(20*time.Second), t0.Add(40*time.Second)
+	d := devs[0]
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("CONNECT", d, t0, t0)})
+	require.True(t, online(d))
+	// The device moves to another node (t1); the old node reports the first connection closed at t2.
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("CONNECT", d, t1, t1)})
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("DISCONNECT", d, t0, t2)})
+	require.True(t, online(d), "the close of an older connection made the device offline")
+	// Its newest connection closes: offline.
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("DISCONNECT", d, t1, t2.Add(time.Second))})
+	require.False(t, online(d))
+	// Both in one batch, in the server's order: the same.
+	e := devs[1]
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("CONNECT", e, t0, t0), msg("CONNECT", e, t1, t1), msg("DISCONNECT", e, t0, t2)})
+	require.True(t, online(e), "batched: the close of an older connection made the device offline")
+	// Without a start (older servers, tests): a disconnect counts.
+	s.applyAdvisories(b.ctx, []*nats.Msg{msg("DISCONNECT", e, time.Time{}, t2.Add(time.Second))})
+	require.False(t, online(e))
+	var offEvents int
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM rollout_events WHERE event_type = 'device.offline'
+		AND device_uuid = ANY($1)`, devs).Scan(&offEvents))
+	require.Equal(t, 2, offEvents, "one offline event per device")
+}

@@ -130,19 +130,32 @@ func (s *Service) markMissed(ctx context.Context) (int, error) {
 		}
 		gone = append(gone, u)
 	}
-	return s.markOffline(ctx, gone, nil, "missed_heartbeats", true)
+	return s.markOffline(ctx, gone, nil, nil, "missed_heartbeats", true)
+}
+
+// markDisconnected marks offline the devices of NATS disconnect advisories (devs[i] disconnected at
+// ats[i], the connection having started at starts[i], zero when unknown), as markOffline does, except a
+// device whose newest known connection started after the closed one: it left that connection for
+// another (a stalled or cut-off node reports the old one closed only later) and is still connected.
+func (s *Service) markDisconnected(ctx context.Context, devs []string, ats, starts []time.Time) (int, error) {
+	return s.markOffline(ctx, devs, ats, starts, "disconnected", false)
 }
 
 // markOffline marks devs offline (when online) and records the events: offline since ats[i] (a
-// disconnect advisory's time; nil ats: now), unless the device was seen after that. missed limits it to
-// devices still not seen for offlineAfter (the timer's second look, under the row lock).
-func (s *Service) markOffline(ctx context.Context, devs []string, ats []time.Time, reason string, missed bool) (int, error) {
+// disconnect advisory's time; nil ats: now), unless the device was seen after that or, when starts[i] is
+// set, has a connection that started after starts[i]. missed limits it to devices still not seen for
+// offlineAfter (the timer's second look, under the row lock).
+func (s *Service) markOffline(ctx context.Context, devs []string, ats, starts []time.Time, reason string, missed bool) (int, error) {
 	if len(devs) == 0 {
 		return 0, nil
 	}
 	since := make([]*time.Time, len(devs))
 	for i := range ats {
 		since[i] = &ats[i]
+	}
+	conn := nullTimes(starts)
+	if conn == nil {
+		conn = make([]*time.Time, len(devs))
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -151,17 +164,18 @@ func (s *Service) markOffline(ctx context.Context, devs []string, ats []time.Tim
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	rows, err := tx.Query(ctx, `
 		WITH u AS (
-			SELECT * FROM unnest($1::text[], $4::timestamptz[]) AS u(uuid, at)
+			SELECT * FROM unnest($1::text[], $4::timestamptz[], $5::timestamptz[]) AS u(uuid, at, start)
 		), o AS (
 			SELECT d.uuid, COALESCE(u.at, now()) AS at FROM devices d JOIN u ON u.uuid = d.uuid
 			WHERE d.is_online AND d.revoked_at IS NULL
 			  AND (NOT $3 OR d.last_seen_at < now() - make_interval(secs => $2))
 			  AND (u.at IS NULL OR d.last_seen_at IS NULL OR d.last_seen_at <= u.at)
+			  AND (u.start IS NULL OR d.nats_connected_at IS NULL OR d.nats_connected_at <= u.start)
 			ORDER BY d.uuid FOR UPDATE OF d
 		)
 		UPDATE devices d SET is_online = false, offline_since = o.at, updated_at = now()
 		FROM o WHERE d.uuid = o.uuid
-		RETURNING d.uuid, d.last_seen_at`, devs, s.offlineAfter.Seconds(), missed, since)
+		RETURNING d.uuid, d.last_seen_at`, devs, s.offlineAfter.Seconds(), missed, since, conn)
 	if err != nil {
 		return 0, fmt.Errorf("mark offline devices: %w", err)
 	}
@@ -193,14 +207,26 @@ func (s *Service) markOffline(ctx context.Context, devs []string, ats []time.Tim
 	return len(marked), nil
 }
 
-// markConnected marks devices online after NATS connect advisories (devs[i] connected at ats[i]), as a
-// report would.
-func (s *Service) markConnected(ctx context.Context, devs []string, ats []time.Time) error {
+// markConnected marks devices online after NATS connect advisories (devs[i] connected at ats[i], its
+// connection started at starts[i], zero when unknown), as a report would, and keeps the start of each
+// device's newest connection (nats_connected_at, see markDisconnected).
+func (s *Service) markConnected(ctx context.Context, devs []string, ats, starts []time.Time) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("mark connected devices: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	// Every row is locked first, in uuid order, as every device-row writer locks them; the two
+	// statements below then change subsets of them.
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM devices WHERE uuid = ANY($1) ORDER BY uuid FOR UPDATE`, devs); err != nil {
+		return fmt.Errorf("mark connected devices: lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE devices d SET nats_connected_at = u.start
+		FROM unnest($1::text[], $2::timestamptz[]) AS u(uuid, start)
+		WHERE d.uuid = u.uuid AND u.start IS NOT NULL AND (d.nats_connected_at IS NULL OR d.nats_connected_at < u.start)`,
+		devs, nullTimes(starts)); err != nil {
+		return fmt.Errorf("mark connected devices: %w", err)
+	}
 	backs, err := markSeenAt(ctx, tx, devs, ats, s.seenEvery)
 	if err != nil {
 		return fmt.Errorf("mark connected devices: %w", err)
@@ -358,8 +384,9 @@ const defaultOfflineGrace = 600
 // advisory is the part of a NATS connect or disconnect advisory presence reads.
 type advisory struct {
 	Client struct {
-		User string    `json:"user"`
-		Stop time.Time `json:"stop"`
+		User  string    `json:"user"`
+		Start time.Time `json:"start"` // when the connection started
+		Stop  time.Time `json:"stop"`
 	} `json:"client"`
 	Timestamp time.Time `json:"timestamp"`
 }
@@ -415,11 +442,13 @@ func (s *Service) followAdvisories(ctx context.Context, nc *nats.Conn) error {
 	}
 }
 
-// advisoryRun is consecutive advisories of one kind: devices and when each connected.
+// advisoryRun is consecutive advisories of one kind: devices, when each (dis)connected and when the
+// connection started (zero: the advisory did not say).
 type advisoryRun struct {
 	disconnect bool
 	devs       []string
 	ats        []time.Time
+	starts     []time.Time
 	index      map[string]int
 }
 
@@ -442,22 +471,39 @@ func (s *Service) applyAdvisories(ctx context.Context, msgs []*nats.Msg) {
 		r, at := runs[len(runs)-1], cmpTime(a.Timestamp, time.Now())
 		if i, ok := r.index[a.Client.User]; ok {
 			r.ats[i] = at
+			if a.Client.Start.After(r.starts[i]) {
+				r.starts[i] = a.Client.Start
+			}
 			continue
 		}
 		r.index[a.Client.User] = len(r.devs)
-		r.devs, r.ats = append(r.devs, a.Client.User), append(r.ats, at)
+		r.devs, r.ats, r.starts = append(r.devs, a.Client.User), append(r.ats, at), append(r.starts, a.Client.Start)
 	}
 	for _, r := range runs {
 		var err error
 		if r.disconnect {
-			_, err = s.markOffline(ctx, r.devs, r.ats, "disconnected", false)
+			_, err = s.markDisconnected(ctx, r.devs, r.ats, r.starts)
 		} else {
-			err = s.markConnected(ctx, r.devs, r.ats)
+			err = s.markConnected(ctx, r.devs, r.ats, r.starts)
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn().Err(err).Int("devices", len(r.devs)).Bool("disconnect", r.disconnect).Msg("device presence")
 		}
 	}
+}
+
+// nullTimes is ts with zero times as NULL (nil for nil ts).
+func nullTimes(ts []time.Time) []*time.Time {
+	if ts == nil {
+		return nil
+	}
+	out := make([]*time.Time, len(ts))
+	for i := range ts {
+		if !ts[i].IsZero() {
+			out[i] = &ts[i]
+		}
+	}
+	return out
 }
 
 func cmpTime(t, def time.Time) time.Time {
