@@ -45,8 +45,8 @@ func downloadsOf(reps []report) downloads {
 			}
 		}
 		for _, img := range slices.Sorted(maps.Keys(r.body.DownloadErrors)) {
-			if why := boundHead(r.body.DownloadErrors[img], maxDownloadError); img != "" {
-				add(r.device, img, cmp.Or(why, "pull failed"))
+			if img != "" {
+				add(r.device, img, cmp.Or(boundHead(r.body.DownloadErrors[img], maxDownloadError), "pull failed"))
 			}
 		}
 	}

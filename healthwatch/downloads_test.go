@@ -144,18 +144,26 @@ func TestDownloadErrorsAreKeptUntilTheDownload(t *testing.T) {
 	b.checkCounters(id)
 }
 
+// prefetchRollout is a download-ahead rollout over n new devices named by prefix: batch 1 (the first
+// device) dispatched, the others pending with the rollout's prefetch entry in their targets.
+func (b *bundle) prefetchRollout(prefix string, n int) (devs []string, id string) {
+	b.t.Helper()
+	devs = b.devices(prefix, n, "fleet-"+prefix, oldImg)
+	id = b.rollout(rolloutSpec{devices: devs, sizes: []int{1, n - 1}, policy: map[string]any{"download_ahead": true}})
+	b.tx(func(tx pgx.Tx) {
+		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
+		require.NoError(b.t, err)
+	})
+	return devs, id
+}
+
 // TestRollbackClearsPendingPrefetch: rolling back a device never dispatched, then the whole rollout,
 // removes the prefetch entries the rollout had given its pending devices (new target versions), so they
 // stop pulling an image that will not come.
 func TestRollbackClearsPendingPrefetch(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
-	devs := b.devices("rbpf", 4, "fleet-rbpf", oldImg)
-	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 3}, policy: map[string]any{"download_ahead": true}})
-	b.tx(func(tx pgx.Tx) {
-		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
-		require.NoError(t, err)
-	})
+	devs, id := b.prefetchRollout("rbpf", 4)
 	prefetched := func(u string) (bool, int64) {
 		var has bool
 		var v int64
@@ -187,12 +195,7 @@ func TestRollbackClearsPendingPrefetch(t *testing.T) {
 func TestRollbackAllRunsAgainAfterADeadlock(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
-	devs := b.devices("dead", 3, "fleet-dead", oldImg)
-	id := b.rollout(rolloutSpec{devices: devs, sizes: []int{1, 2}, policy: map[string]any{"download_ahead": true}})
-	b.tx(func(tx pgx.Tx) {
-		_, err := target.SetPrefetch(b.ctx, tx, b.subj, id, newImg, devs[1:])
-		require.NoError(t, err)
-	})
+	devs, id := b.prefetchRollout("dead", 3)
 	other, err := b.pool.Begin(b.ctx)
 	require.NoError(t, err)
 	defer other.Rollback(b.ctx)

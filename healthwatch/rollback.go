@@ -237,15 +237,8 @@ func whenContended(ctx context.Context, tx func() error) error {
 	wait := 20 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := tx()
-		if attempt == 5 || !apierr.Contended(err) {
+		if attempt == 5 || !apierr.Contended(err) || !sleep(ctx, wait+rand.N(wait)) {
 			return err
-		}
-		t := time.NewTimer(wait + rand.N(wait))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
 		}
 		wait *= 2
 	}

@@ -174,6 +174,18 @@ func TestCancelledDownloadAheadRolloutClearsPrefetch(t *testing.T) {
 	}
 }
 
+// reportOverHTTP sends device dev's report (key: its API key) over HTTP: its web service running image,
+// plus the fields of extra; it fails the test unless the report is taken.
+func (e *env) reportOverHTTP(dev, key, image string, extra map[string]any) {
+	e.t.Helper()
+	body := map[string]any{"apps": map[string]any{"1": map[string]any{"services": []any{
+		map[string]any{"serviceName": "web", "imageName": image, "status": "running"}}}}}
+	maps.Copy(body, extra)
+	if r := e.call("PATCH", "/api/v1/device/state", map[string]any{dev: body}, map[string]string{"Authorization": "Bearer " + key}); r.status != 200 {
+		e.t.Fatalf("report of %s: %d %s", dev, r.status, r.body)
+	}
+}
+
 // TestDownloadErrorsShowUntilTheDownload: a device of a download-ahead rollout whose pull fails says
 // why in its report (downloadErrors); the rollout's device row carries it (download_error, the CLI's
 // REASON) while the device retries, and the download that follows replaces it. The error moves nothing.
@@ -187,14 +199,7 @@ func TestDownloadErrorsShowUntilTheDownload(t *testing.T) {
 	key := e.addDevice(dev, "plant-dl", "acme/app:1.0")
 	e.push("acme/app", "2.0")
 	id := e.latestRollout("acme/app:2.0")
-	report := func(extra map[string]any) {
-		body := map[string]any{"apps": map[string]any{"1": map[string]any{"services": []any{
-			map[string]any{"serviceName": "web", "imageName": "acme/app:1.0", "status": "running"}}}}}
-		maps.Copy(body, extra)
-		if r := e.call("PATCH", "/api/v1/device/state", map[string]any{dev: body}, map[string]string{"Authorization": "Bearer " + key}); r.status != 200 {
-			t.Fatalf("report: %d %s", r.status, r.body)
-		}
-	}
+	report := func(extra map[string]any) { e.reportOverHTTP(dev, key, "acme/app:1.0", extra) }
 	type row struct {
 		Status        string     `json:"status"`
 		DownloadError *string    `json:"download_error"`
@@ -257,12 +262,7 @@ func TestConsoleShowsDownloadAheadInBrowser(t *testing.T) {
 
 	e.push("acme/app", "2.0")
 	id := e.latestRollout("acme/app:2.0")
-	if r := e.call("PATCH", "/api/v1/device/state", map[string]any{"dl-fails": map[string]any{
-		"apps":           map[string]any{"1": map[string]any{"services": []any{map[string]any{"serviceName": "web", "imageName": "acme/app:1.0", "status": "running"}}}},
-		"downloadErrors": map[string]any{"acme/app:2.0": "no space left on device"}}},
-		map[string]string{"Authorization": "Bearer " + key}); r.status != 200 {
-		t.Fatalf("report: %d %s", r.status, r.body)
-	}
+	e.reportOverHTTP("dl-fails", key, "acme/app:1.0", map[string]any{"downloadErrors": map[string]any{"acme/app:2.0": "no space left on device"}})
 	b.signIn(e.srv.HTTPURL, read)
 	b.do("open the rollout", chromedp.Navigate(e.srv.HTTPURL+"/ui/#/rollouts/"+id))
 	b.waitFor("rollout page", `!!document.querySelector('#r-downloaded')`, 20*time.Second)
